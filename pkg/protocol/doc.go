@@ -1,0 +1,60 @@
+// Package protocol is the wire contract between browsers, gateways and the
+// presence service. It depends on the standard library and golang.org/x/text
+// only, so every side of the wire can import it.
+//
+// # Transport
+//
+// Browsers speak websocket text frames to a gateway, on "/" or "/ws". The
+// original client offers the subprotocol "json"; a gateway selects it when
+// offered. Every frame is one JSON object, except the keepalive: the bare
+// text Ping ("__ping__"), which a gateway answers with Ping to that client
+// only and never forwards.
+//
+// # Client → gateway
+//
+//	{"type":"status","name":"alice","message":"is now online"}
+//	{"type":"message","message":"hi"}
+//	{"type":"who"}
+//
+// A connection has one handle, bound once: from the upgrade URL's ?handle=
+// query parameter, else from the name of the first "status" frame. A later
+// status frame changes nothing and is never relayed. The "name" of a
+// "message" frame is ignored: a message is always shown under the handle of
+// the connection that sent it. Unknown fields are ignored.
+//
+// # Gateway → client
+//
+// Every JSON frame a gateway sends carries "name" and "message" as readable
+// strings, because the original client renders each frame as
+// name + ":" + message:
+//
+//	{"type":"message","id":"<unique>","name":"alice","message":"hi","ts":1733300000000}
+//	{"type":"error","code":"bad_json","name":"error","message":"malformed JSON: ..."}
+//
+// A "message" frame is also exactly what travels on the NATS subject "msg"
+// (SubjectMsg): the gateway that accepted it stamps the handle, a unique id
+// and its clock in unix milliseconds, and every gateway writes the payload
+// unchanged to its sockets. Later frame types (join, leave, presence,
+// status) follow the same rule.
+//
+// # Errors and close codes
+//
+// Input that can be answered without ending the connection gets an error
+// frame with a machine-readable code (the Code constants) and the connection
+// stays open. Input that cannot gets a websocket close frame:
+//
+//	1001 going away      the gateway is shutting down
+//	1002 protocol error  a malformed websocket frame
+//	1003 unsupported     a binary frame
+//	1007 invalid data    a text frame that is not UTF-8
+//	1008 policy          a bad handle (after a bad_handle error frame), or a
+//	                     client too slow to read what it is sent ("slow consumer")
+//	1009 too big         a message over the gateway's size limit
+//
+// # Handles
+//
+// NormalizeHandle states the rules: surrounding white space trimmed, NFC
+// normalised, 1–32 characters (code points), no control, format, private-use,
+// unassigned or invisible characters, and a few names reserved for the
+// gateway's own frames.
+package protocol
