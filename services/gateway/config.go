@@ -1,0 +1,92 @@
+package gateway
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/fly-chat/chat/internal/envflag"
+	"github.com/fly-chat/chat/internal/natsconn"
+	"github.com/fly-chat/chat/internal/ops"
+)
+
+// Config is every setting of a gateway. LoadConfig fills it from the
+// environment (12-factor, as Fly sets it) and flags (for local use); a flag
+// wins over its environment variable.
+type Config struct {
+	Host        string // HOST: interface to listen on; empty means all
+	Port        string // PORT: websocket and page port
+	MetricsAddr string // METRICS_ADDR: ops listener (/metrics, /healthz, /readyz)
+
+	NATS natsconn.Config // NATS_URL, NATSAPPHOST
+
+	MaxMessageBytes int           // MAX_MESSAGE_BYTES: largest websocket message accepted
+	PingInterval    time.Duration // PING_INTERVAL: idle time before the gateway pings a client
+	PongTimeout     time.Duration // PONG_TIMEOUT: how long a pinged client has to answer
+	SendQueue       int           // SEND_QUEUE: frames queued for one client before it is a slow consumer
+	SendQueueBytes  int           // SEND_QUEUE_BYTES: bytes queued for one client before it is a slow consumer
+	WriteTimeout    time.Duration // WRITE_TIMEOUT: longest a single socket write may block
+	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: budget for a graceful stop
+
+	Log ops.LogConfig // LOG_LEVEL, LOG_FORMAT
+
+	MachineID string // FLY_MACHINE_ID: names this gateway; generated when empty
+	Region    string // FLY_REGION
+}
+
+// Addr is the websocket listener's address.
+func (c Config) Addr() string { return net.JoinHostPort(c.Host, c.Port) }
+
+// LoadConfig reads the configuration from args and getenv. It returns
+// flag.ErrHelp after printing usage to out when asked for -h.
+func LoadConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
+	var c Config
+	l := envflag.New("gateway", getenv, out)
+	c.register(l)
+	if err := l.Parse(args); err != nil {
+		return c, err
+	}
+	return c, c.validate()
+}
+
+func (c *Config) register(l *envflag.Loader) {
+	l.String(&c.Host, "HOST", "", "interface to listen on (empty: all)")
+	l.String(&c.Port, "PORT", "8080", "port for the chat page and websockets")
+	l.String(&c.MetricsAddr, "METRICS_ADDR", ":9091", "address of the ops listener: /metrics, /healthz, /readyz")
+	c.NATS.Register(l)
+	l.Int(&c.MaxMessageBytes, "MAX_MESSAGE_BYTES", 64<<10, "largest websocket message a client may send (close 1009 above)")
+	l.Duration(&c.PingInterval, "PING_INTERVAL", 25*time.Second, "idle time after which the gateway pings a client")
+	l.Duration(&c.PongTimeout, "PONG_TIMEOUT", 10*time.Second, "time a pinged client has to answer before it is dropped")
+	l.Int(&c.SendQueue, "SEND_QUEUE", 256, "frames queued for one client before it is cut off as a slow consumer")
+	l.Int(&c.SendQueueBytes, "SEND_QUEUE_BYTES", 1<<20, "bytes queued for one client before it is cut off as a slow consumer")
+	l.Duration(&c.WriteTimeout, "WRITE_TIMEOUT", 10*time.Second, "longest a socket write may block before the client is dropped")
+	l.Duration(&c.ShutdownTimeout, "SHUTDOWN_TIMEOUT", 10*time.Second, "budget for closing sockets and draining NATS on SIGTERM")
+	c.Log.Register(l)
+	c.MachineID = l.Env("FLY_MACHINE_ID")
+	c.Region = l.Env("FLY_REGION")
+}
+
+func (c Config) validate() error {
+	var problems []string
+	check := func(ok bool, msg string) {
+		if !ok {
+			problems = append(problems, msg)
+		}
+	}
+	check(c.MaxMessageBytes >= 128, "MAX_MESSAGE_BYTES must be at least 128")
+	check(c.PingInterval > 0, "PING_INTERVAL must be positive")
+	check(c.PongTimeout > 0, "PONG_TIMEOUT must be positive")
+	check(c.SendQueue > 0, "SEND_QUEUE must be positive")
+	check(c.SendQueueBytes >= c.MaxMessageBytes, "SEND_QUEUE_BYTES must be at least MAX_MESSAGE_BYTES")
+	check(c.WriteTimeout > 0, "WRITE_TIMEOUT must be positive")
+	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
+	if err := c.Log.Validate(); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("gateway config: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}

@@ -1,0 +1,463 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+
+	"github.com/fly-chat/chat/pkg/protocol"
+)
+
+// closeGrace bounds the closing handshake: once the gateway has queued a
+// close frame, the peer has this long to answer it, and a writer still
+// blocked after teardown starts has this long to finish.
+const closeGrace = 2 * time.Second
+
+// Reasons a connection ended, for the disconnects metric and logs. The close
+// code says what the client was told; the reason says why.
+const (
+	reasonClient       = "client_close"  // the client sent a close frame
+	reasonEOF          = "eof"           // the socket ended without a close frame
+	reasonTimeout      = "timeout"       // no answer to a ping: a dead peer
+	reasonSlowConsumer = "slow_consumer" // its send queue overflowed
+	reasonWriteTimeout = "write_timeout" // a socket write blocked too long
+	reasonTooBig       = "too_big"
+	reasonInvalidUTF8  = "invalid_utf8"
+	reasonBinary       = "binary"
+	reasonProtocol     = "protocol_error"
+	reasonBadHandle    = "bad_handle"
+	reasonShutdown     = "shutdown"
+)
+
+// A conn is one websocket client. Its reader runs in the goroutine that
+// calls serve; its writer, flush, runs only while frames are queued. Only the
+// writer writes to the socket, and nothing a client does can block anyone
+// else: other goroutines only append to the bounded queue.
+type conn struct {
+	g      *Gateway
+	nc     net.Conn
+	r      io.Reader // nc, after any bytes the HTTP server had already read
+	remote string
+	born   time.Time // monotonic base for lastRead and pingSentAt
+	handle string    // bound once; owned by the reader goroutine
+
+	lastRead   atomic.Int64 // nanoseconds since born of the last frame read
+	pingSentAt atomic.Int64 // nanoseconds since born of the unanswered ping; 0 if none
+	keepalive  *time.Timer  // runs checkAlive; stopped by teardown
+
+	writers sync.WaitGroup // the running flush, if any
+
+	mu          sync.Mutex // guards the fields below
+	queue       net.Buffers
+	spare       net.Buffers // the writer's last batch, emptied, reused as the next queue
+	queued      int         // bytes in queue
+	writing     bool        // a flush goroutine is running
+	closing     bool        // a close frame is queued or the socket is going; nothing more is queued
+	closeCode   int         // what ended the connection, first cause wins
+	closeReason string
+}
+
+func newConn(g *Gateway, nc net.Conn, r io.Reader) *conn {
+	return &conn{g: g, nc: nc, r: r, remote: nc.RemoteAddr().String(), born: time.Now()}
+}
+
+func (c *conn) now() int64 { return int64(time.Since(c.born)) }
+
+// serve runs the connection until it ends. handle is the upgrade URL's
+// ?handle=, bound at once when present.
+func (c *conn) serve(handle string, hasHandle bool) {
+	defer c.teardown()
+	g := c.g
+	if !g.hub.add(c) {
+		c.sendClose(protocol.CloseGoingAway, "going away", reasonShutdown, false)
+		c.readLoop()
+		return
+	}
+	g.m.connections.Inc()
+	c.lastRead.Store(c.now())
+	// Armed only once the field is set, so checkAlive always sees it.
+	c.keepalive = time.AfterFunc(math.MaxInt64, c.checkAlive)
+	c.keepalive.Reset(g.cfg.PingInterval)
+	if hasHandle {
+		c.bind(handle)
+	}
+	c.readLoop()
+}
+
+// readLoop reads frames until the connection ends. Once the gateway has sent
+// a close frame it keeps reading, discarding, so the peer gets to read the
+// close frame instead of a reset, until the peer's own close frame, EOF or
+// the close deadline.
+func (c *conn) readLoop() {
+	var (
+		hbuf    = make([]byte, 2, ws.MaxHeaderSize-2)
+		msg     []byte // the text message being assembled from fragments
+		inFrag  bool   // a fragmented text message is in progress
+		maxSize = int64(c.g.cfg.MaxMessageBytes)
+	)
+	for {
+		h, err := ws.ReadHeaderBuffer(c.r, hbuf)
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		c.lastRead.Store(c.now())
+		if c.isClosing() {
+			if _, err := io.CopyN(io.Discard, c.r, h.Length); err != nil || h.OpCode == ws.OpClose {
+				return
+			}
+			continue
+		}
+		if h.Rsv != 0 || !h.Masked {
+			c.fail(protocol.CloseProtocolError, "frames must be masked, without extensions", reasonProtocol)
+			continue
+		}
+		if h.OpCode.IsControl() {
+			if !h.Fin || h.Length > ws.MaxControlFramePayloadSize {
+				c.fail(protocol.CloseProtocolError, "bad control frame", reasonProtocol)
+				continue
+			}
+			p, err := c.readPayload(h, nil)
+			if err != nil {
+				c.readFailed(err)
+				return
+			}
+			if !c.control(h.OpCode, p) {
+				return
+			}
+			continue
+		}
+		switch {
+		case h.OpCode == ws.OpBinary:
+			c.fail(protocol.CloseUnsupported, "binary frames are not supported", reasonBinary)
+			continue
+		case h.OpCode == ws.OpText && inFrag, h.OpCode == ws.OpContinuation && !inFrag, h.OpCode.IsReserved():
+			c.fail(protocol.CloseProtocolError, "unexpected frame", reasonProtocol)
+			continue
+		}
+		if int64(len(msg))+h.Length > maxSize {
+			c.fail(protocol.CloseTooBig, "message too big", reasonTooBig)
+			continue
+		}
+		if msg, err = c.readPayload(h, msg); err != nil {
+			c.readFailed(err)
+			return
+		}
+		if inFrag = !h.Fin; inFrag {
+			continue
+		}
+		if !utf8.Valid(msg) {
+			c.fail(protocol.CloseInvalidData, "text must be UTF-8", reasonInvalidUTF8)
+			continue
+		}
+		c.handleText(msg)
+		msg = nil
+	}
+}
+
+// readPayload reads h's payload, unmasked, appended to buf.
+func (c *conn) readPayload(h ws.Header, buf []byte) ([]byte, error) {
+	n := len(buf)
+	buf = append(buf, make([]byte, h.Length)...)
+	p := buf[n:]
+	if _, err := io.ReadFull(c.r, p); err != nil {
+		return buf, err
+	}
+	ws.Cipher(p, h.Mask, 0)
+	return buf, nil
+}
+
+// control handles a ping, pong or close frame. It reports whether to keep
+// reading.
+func (c *conn) control(op ws.OpCode, p []byte) bool {
+	switch op {
+	case ws.OpPing:
+		c.send(compileFrame(ws.OpPong, p))
+	case ws.OpClose:
+		code, reason := ws.ParseCloseFrameData(p)
+		c.setCause(int(code), reasonClient)
+		switch {
+		case len(p) == 0:
+			c.sendClose(protocol.CloseNormal, "", reasonClient, false)
+		case ws.CheckCloseFrameData(code, reason) != nil:
+			c.sendClose(protocol.CloseProtocolError, "bad close frame", reasonProtocol, false)
+		default:
+			c.sendClose(int(code), "", reasonClient, false)
+		}
+		return false
+	}
+	return true // a pong needs nothing: reading it updated lastRead
+}
+
+// readFailed records why reading stopped, unless something else already
+// ended the connection.
+func (c *conn) readFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.setCause(1006, reasonTimeout)
+		return
+	}
+	c.setCause(1006, reasonEOF)
+}
+
+// handleText handles one complete, valid UTF-8 text message.
+func (c *conn) handleText(msg []byte) {
+	if protocol.IsPing(msg) {
+		c.send(pingReply)
+		return
+	}
+	f, err := protocol.DecodeClient(msg)
+	if err != nil {
+		c.sendError(err)
+		return
+	}
+	switch f.Type {
+	case protocol.TypeStatus:
+		if c.handle == "" {
+			c.bind(f.Name)
+		}
+	case protocol.TypeMessage:
+		c.message(f.Message)
+	case protocol.TypeWho:
+		c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, Message: "the roster is not available yet"})
+	}
+}
+
+// bind sets the connection's handle, or tells the client why it cannot and
+// closes with 1008.
+func (c *conn) bind(name string) {
+	h, err := protocol.NormalizeHandle(name)
+	if err != nil {
+		c.sendError(err)
+		c.fail(protocol.ClosePolicy, "bad handle", reasonBadHandle)
+		return
+	}
+	c.handle = h
+	c.g.log.Debug("handle bound", "remote", c.remote, "handle", h)
+}
+
+// message relays a chat message through NATS. The sender sees it when NATS
+// delivers it back, like everyone else.
+func (c *conn) message(text string) {
+	switch {
+	case c.handle == "":
+		c.sendError(&protocol.Error{Code: protocol.CodeNoHandle, Message: "choose a handle before sending messages"})
+	case isBlank(text):
+		c.sendError(&protocol.Error{Code: protocol.CodeEmptyMessage, Message: "message is empty"})
+	default:
+		if err := c.g.publish(c.handle, text); err != nil {
+			c.g.log.Warn("publish failed", "remote", c.remote, "err", err)
+			c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, Message: "message not sent: chat is unavailable, try again"})
+		}
+	}
+}
+
+func isBlank(s string) bool {
+	for _, r := range s {
+		if !isSpace(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func isSpace(r rune) bool {
+	switch r {
+	case ' ', '\t', '\n', '\v', '\f', '\r', 0x85, 0xA0:
+		return true
+	}
+	return r >= 0x2000 && r <= 0x200A || r == 0x1680 || r == 0x2028 || r == 0x2029 || r == 0x202F || r == 0x205F || r == 0x3000
+}
+
+func (c *conn) sendError(err error) {
+	var perr *protocol.Error
+	if !errors.As(err, &perr) {
+		perr = &protocol.Error{Code: protocol.CodeUnavailable, Message: "internal error"}
+	}
+	c.g.m.clientErrors.WithLabelValues(perr.Code).Inc()
+	c.send(compileFrame(ws.OpText, perr.AppendJSON(nil)))
+}
+
+// fail starts closing the connection because of what the client sent.
+func (c *conn) fail(code int, text, reason string) {
+	c.g.log.Debug("closing connection", "remote", c.remote, "handle", c.handle, "code", code, "reason", reason)
+	c.sendClose(code, text, reason, false)
+}
+
+// checkAlive runs on the keepalive timer: it pings a client that has been
+// quiet for PingInterval and drops one that has not answered within
+// PongTimeout. Any frame from the client counts as an answer.
+func (c *conn) checkAlive() {
+	cfg := c.g.cfg
+	now, last := c.now(), c.lastRead.Load()
+	if sent := c.pingSentAt.Load(); sent != 0 {
+		if last < sent {
+			c.g.log.Debug("dead peer", "remote", c.remote)
+			c.setCause(1006, reasonTimeout)
+			c.nc.Close() // no close handshake with a peer that does not answer
+			return
+		}
+		c.pingSentAt.Store(0)
+	}
+	if idle := time.Duration(now - last); idle < cfg.PingInterval {
+		c.keepalive.Reset(cfg.PingInterval - idle)
+		return
+	}
+	c.pingSentAt.Store(now)
+	c.send(pingFrame)
+	c.keepalive.Reset(cfg.PongTimeout)
+}
+
+// send queues a frame for the writer. It never blocks: a client whose queue
+// is full is cut off as a slow consumer. It reports whether the frame was
+// queued.
+func (c *conn) send(frame []byte) bool {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	cfg := c.g.cfg
+	// One frame always fits in an empty queue, however large: a stamped
+	// message can be several times the size of what the client typed.
+	if len(c.queue) >= cfg.SendQueue || len(c.queue) > 0 && c.queued+len(frame) > cfg.SendQueueBytes {
+		dropped := len(c.queue) + 1
+		c.mu.Unlock()
+		c.g.m.dropped.WithLabelValues(reasonSlowConsumer).Add(float64(dropped))
+		c.g.log.Debug("slow consumer", "remote", c.remote, "dropped", dropped)
+		c.sendClose(protocol.ClosePolicy, "slow consumer", reasonSlowConsumer, true)
+		return false
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	c.startWriter()
+	c.mu.Unlock()
+	return true
+}
+
+// sendClose queues a close frame, after what is queued or, with drop,
+// instead of it, and gives the peer closeGrace to answer. Only the first
+// close counts.
+func (c *conn) sendClose(code int, text, reason string, drop bool) {
+	frame := compileFrame(ws.OpClose, ws.NewCloseFrameBody(ws.StatusCode(code), text))
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	if c.closeReason == "" {
+		c.closeCode, c.closeReason = code, reason
+	}
+	if drop {
+		clear(c.queue)
+		c.queue, c.queued = c.queue[:0], 0
+	}
+	c.queue = append(c.queue, frame)
+	c.startWriter()
+	c.mu.Unlock()
+	c.nc.SetReadDeadline(time.Now().Add(closeGrace))
+}
+
+// startWriter starts flush unless it runs. Called with mu held.
+func (c *conn) startWriter() {
+	if !c.writing {
+		c.writing = true
+		c.writers.Add(1)
+		go c.flush()
+	}
+}
+
+// flush writes queued frames until the queue is empty, then exits. Frames
+// queued together go out in one writev.
+func (c *conn) flush() {
+	defer c.writers.Done()
+	var batch net.Buffers
+	for {
+		c.mu.Lock()
+		if batch != nil {
+			clear(batch) // drop references to written frames
+			c.spare = batch[:0]
+		}
+		if len(c.queue) == 0 {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		batch, c.queue, c.spare, c.queued = c.queue, c.spare, nil, 0
+		c.mu.Unlock()
+
+		c.nc.SetWriteDeadline(time.Now().Add(c.g.cfg.WriteTimeout))
+		bufs := batch // WriteTo consumes its receiver
+		if _, err := bufs.WriteTo(c.nc); err != nil {
+			c.writeFailed(err)
+			return
+		}
+	}
+}
+
+// writeFailed ends a connection whose socket cannot be written.
+func (c *conn) writeFailed(err error) {
+	reason := reasonEOF
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		reason = reasonWriteTimeout
+	}
+	c.setCause(1006, reason)
+	c.mu.Lock()
+	c.closing, c.writing = true, false
+	clear(c.queue)
+	c.queue, c.queued = nil, 0
+	c.mu.Unlock()
+	c.nc.Close() // wakes the reader, which tears down
+}
+
+func (c *conn) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// setCause records why the connection ended, unless a cause is known.
+func (c *conn) setCause(code int, reason string) {
+	c.mu.Lock()
+	if c.closeReason == "" {
+		c.closeCode, c.closeReason = code, reason
+	}
+	c.mu.Unlock()
+}
+
+// teardown runs once, in the reader goroutine, when reading has stopped: it
+// lets the writer finish what is queued (the close frame, usually) within
+// closeGrace, closes the socket, and only then leaves the hub, so shutdown
+// waits for every socket to be closed.
+func (c *conn) teardown() {
+	g := c.g
+	if c.keepalive != nil {
+		c.keepalive.Stop()
+	}
+	c.mu.Lock()
+	c.closing = true
+	code, reason := c.closeCode, c.closeReason
+	c.mu.Unlock()
+	c.nc.SetWriteDeadline(time.Now().Add(closeGrace))
+	c.writers.Wait()
+	c.nc.Close()
+	g.m.disconnects.WithLabelValues(strconv.Itoa(code), reason).Inc()
+	if g.log.Enabled(context.Background(), slog.LevelDebug) {
+		g.log.Debug("connection closed", "remote", c.remote, "handle", c.handle, "code", code, "reason", reason,
+			"duration", time.Since(c.born).Round(time.Millisecond))
+	}
+	if g.hub.remove(c) {
+		g.m.connections.Dec()
+	}
+}

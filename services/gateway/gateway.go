@@ -1,0 +1,221 @@
+// Package gateway holds browser websockets and relays chat through NATS:
+// every message a client sends is published to the subject "msg", and every
+// "msg" message is written to every local socket. It never echoes locally,
+// so any number of gateways in any number of regions show one conversation.
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fly-chat/chat/internal/envflag"
+	"github.com/fly-chat/chat/internal/natsconn"
+	"github.com/fly-chat/chat/internal/ops"
+	"github.com/fly-chat/chat/pkg/protocol"
+)
+
+// Run is the gateway program: it reads its configuration from args and
+// getenv, logs to stdout, and serves until ctx is cancelled, then shuts down
+// gracefully.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := LoadConfig(args, getenv, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log, err := ops.NewLogger(stdout, cfg.Log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr())
+	if err != nil {
+		return err
+	}
+	opsLn, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	reg := ops.NewRegistry()
+	g := New(cfg, log, reg)
+	opsSrv := &http.Server{Handler: ops.Handler(reg, g.Ready), ReadHeaderTimeout: 10 * time.Second}
+	go opsSrv.Serve(opsLn)
+	defer opsSrv.Close()
+	if err := g.Connect(); err != nil {
+		ln.Close()
+		return err
+	}
+
+	log.Info("gateway listening", "addr", ln.Addr().String(), "ops_addr", opsLn.Addr().String(),
+		"id", g.id, "region", cfg.Region)
+	return g.Serve(ctx, ln)
+}
+
+// Settings lists every setting the gateway reads, for documentation.
+func Settings() []envflag.Setting {
+	l := envflag.New("gateway", func(string) string { return "" }, io.Discard)
+	var c Config
+	c.register(l)
+	return l.Settings()
+}
+
+// Gateway is one gateway process.
+type Gateway struct {
+	cfg      Config
+	id       string // FLY_MACHINE_ID, or generated
+	log      *slog.Logger
+	m        *metrics
+	hub      *hub
+	upgrader ws.HTTPUpgrader
+	nc       *nats.Conn // set by Serve before any connection is accepted
+
+	draining chan struct{} // closed when shutdown starts
+}
+
+// New returns a gateway; Serve runs it.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Gateway {
+	id := cfg.MachineID
+	if id == "" {
+		id = nuid.Next()
+	}
+	return &Gateway{
+		cfg: cfg,
+		id:  id,
+		log: log.With("service", "gateway"),
+		m:   newMetrics(reg),
+		hub: newHub(),
+		upgrader: ws.HTTPUpgrader{
+			Timeout:  10 * time.Second,
+			Protocol: func(p string) bool { return p == "json" }, // the original client's subprotocol
+		},
+		draining: make(chan struct{}),
+	}
+}
+
+// Ready reports why the gateway cannot take traffic, or nil.
+func (g *Gateway) Ready() error {
+	select {
+	case <-g.draining:
+		return errors.New("shutting down")
+	default:
+	}
+	if g.nc == nil || !g.nc.IsConnected() {
+		return errors.New("NATS not connected")
+	}
+	return nil
+}
+
+// Connect connects to NATS and subscribes to chat. It returns with NATS
+// down too: the connection keeps trying, and /readyz says so meanwhile.
+func (g *Gateway) Connect() error {
+	nc, err := natsconn.Connect(g.cfg.NATS, "chat-gateway/"+g.id, g.log, natsconn.Hooks{
+		Reconnected: g.m.natsReconnects.Inc,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: %w", err)
+	}
+	g.nc = nc
+	if _, err := nc.Subscribe(protocol.SubjectMsg, g.deliver); err != nil {
+		nc.Close()
+		return fmt.Errorf("nats subscribe: %w", err)
+	}
+	// With NATS up, wait until the server has the subscription, so nothing
+	// published once this gateway says it is listening is missed. With NATS
+	// down the client subscribes when it connects.
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		g.log.Warn("NATS not reachable yet; serving and retrying", "err", err)
+	}
+	return nil
+}
+
+// Serve serves websockets and the chat page on ln until ctx is cancelled,
+// then shuts down within ShutdownTimeout: stop accepting, close every socket
+// with 1001, drain NATS. Connect must have succeeded.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           g.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		g.nc.Close()
+		return fmt.Errorf("serve: %w", err)
+	}
+	return g.shutdown(srv)
+}
+
+func (g *Gateway) shutdown(srv *http.Server) error {
+	start := time.Now()
+	g.log.Info("shutting down", "connections", g.hub.len())
+	close(g.draining)
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
+	defer cancel()
+
+	if err := srv.Shutdown(ctx); err != nil {
+		g.log.Warn("http shutdown", "err", err)
+	}
+	if err := g.hub.shutdown(ctx, protocol.CloseGoingAway, "going away"); err != nil {
+		g.log.Warn("closing websockets", "err", err, "left", g.hub.len())
+	}
+	closed := g.nc.StatusChanged(nats.CLOSED)
+	if err := g.nc.Drain(); err != nil {
+		g.nc.Close()
+	}
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		g.log.Warn("nats drain timed out")
+		g.nc.Close()
+	}
+	g.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// publish stamps a client's message and publishes it to NATS.
+func (g *Gateway) publish(handle, text string) error {
+	m := protocol.Message{ID: nuid.Next(), Name: handle, Message: text, TS: time.Now().UnixMilli()}
+	payload := m.AppendJSON(nil)
+	if err := g.nc.Publish(protocol.SubjectMsg, payload); err != nil {
+		return err
+	}
+	g.m.messagesIn.Inc()
+	g.m.bytesIn.Add(float64(len(payload)))
+	return nil
+}
+
+// deliver writes one "msg" payload to every local socket: framed once, the
+// same bytes for all. It runs on the NATS subscription's goroutine and never
+// blocks on a client.
+func (g *Gateway) deliver(msg *nats.Msg) {
+	// A payload a browser would choke on never reaches one: invalid UTF-8
+	// in a text frame makes browsers drop the whole connection.
+	if !utf8.Valid(msg.Data) || !json.Valid(msg.Data) {
+		g.m.dropped.WithLabelValues("invalid_payload").Inc()
+		g.log.Warn("dropped invalid payload on msg", "bytes", len(msg.Data))
+		return
+	}
+	n := g.hub.broadcast(compileFrame(ws.OpText, msg.Data))
+	g.m.messagesOut.Add(float64(n))
+	g.m.bytesOut.Add(float64(n * len(msg.Data)))
+}

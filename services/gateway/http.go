@@ -1,0 +1,59 @@
+package gateway
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/fly-chat/chat/services/gateway/web"
+)
+
+// routes serves the chat page and its assets, and websocket upgrades on "/"
+// (where the original client connects) and "/ws".
+func (g *Gateway) routes() http.Handler {
+	page := web.Handler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ws" || r.URL.Path == "/" && strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			g.serveWS(w, r)
+			return
+		}
+		page.ServeHTTP(w, r)
+	})
+}
+
+// serveWS upgrades the request and hands the socket to a conn. A bad
+// ?handle= still gets the upgrade, so the browser can be told why in an
+// error frame before the close.
+func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-g.draining:
+		g.m.upgrades.WithLabelValues("draining").Inc()
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	default:
+	}
+	q := r.URL.Query()
+	handle, hasHandle := q.Get("handle"), q.Has("handle")
+
+	nc, rw, _, err := g.upgrader.Upgrade(r, w)
+	if err != nil {
+		if nc != nil {
+			nc.Close()
+		}
+		g.m.upgrades.WithLabelValues("rejected").Inc()
+		g.log.Debug("upgrade rejected", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	g.m.upgrades.WithLabelValues("ok").Inc()
+
+	// Frames a client sent right behind its request may sit in the HTTP
+	// server's buffer; read those first, then the socket, and let the
+	// 4 KiB buffer go.
+	var src io.Reader = nc
+	if n := rw.Reader.Buffered(); n > 0 {
+		early, _ := rw.Reader.Peek(n)
+		src = io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc)
+	}
+	go newConn(g, nc, src).serve(handle, hasHandle)
+}

@@ -1,0 +1,60 @@
+package gateway
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the gateway's Prometheus metrics. No label carries a handle or
+// an address: cardinality stays fixed however many people chat.
+type metrics struct {
+	connections    prometheus.Gauge
+	upgrades       *prometheus.CounterVec // result
+	disconnects    *prometheus.CounterVec // code, reason
+	messages       *prometheus.CounterVec // direction: in (from clients), out (written to sockets)
+	bytes          *prometheus.CounterVec // direction, payload bytes
+	dropped        *prometheus.CounterVec // reason
+	clientErrors   *prometheus.CounterVec // code
+	natsReconnects prometheus.Counter
+
+	// Children resolved once, for the per-message paths.
+	messagesIn, messagesOut, bytesIn, bytesOut prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "chat_gateway_connections",
+			Help: "Open websocket connections.",
+		}),
+		upgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chat_gateway_upgrades_total",
+			Help: "Websocket upgrade attempts by result.",
+		}, []string{"result"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chat_gateway_disconnects_total",
+			Help: "Closed websocket connections by close code (1006: no close frame) and reason.",
+		}, []string{"code", "reason"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chat_gateway_messages_total",
+			Help: "Chat messages: in = accepted from clients and published, out = queued to sockets.",
+		}, []string{"direction"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chat_gateway_message_bytes_total",
+			Help: "Payload bytes of chat messages, by direction as in chat_gateway_messages_total.",
+		}, []string{"direction"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chat_gateway_dropped_messages_total",
+			Help: "Frames not delivered, by reason.",
+		}, []string{"reason"}),
+		clientErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chat_gateway_client_errors_total",
+			Help: "Error frames sent to clients, by error code.",
+		}, []string{"code"}),
+		natsReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chat_gateway_nats_reconnects_total",
+			Help: "Reconnections to NATS.",
+		}),
+	}
+	m.messagesIn, m.messagesOut = m.messages.WithLabelValues("in"), m.messages.WithLabelValues("out")
+	m.bytesIn, m.bytesOut = m.bytes.WithLabelValues("in"), m.bytes.WithLabelValues("out")
+	reg.MustRegister(m.connections, m.upgrades, m.disconnects, m.messages, m.bytes, m.dropped, m.clientErrors, m.natsReconnects)
+	return m
+}

@@ -1,0 +1,51 @@
+package gateway_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fly-chat/chat/internal/testkit"
+	"github.com/fly-chat/chat/pkg/protocol"
+)
+
+// A client that stops reading is cut off with 1008 "slow consumer" once its
+// queue overflows, while everyone else keeps getting every message promptly.
+func TestSlowReaderIsCutOff(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	g := startGateway(t, ns.ClientURL(), map[string]string{"SEND_QUEUE": "16"})
+	// A tiny receive buffer so the kernel stops absorbing for it early.
+	slow := testkit.Dial(t, g.ws+"?handle=slow", testkit.DialOptions{ReadBuffer: 4096})
+	talker := join(t, g, "talker")
+
+	payload := strings.Repeat("y", 16<<10)
+	cutOff := false
+	for i := 0; !cutOff; i++ {
+		if i == 2000 {
+			t.Fatal("2000 messages of 16 KiB and the reader that never reads is still connected")
+		}
+		text := fmt.Sprintf("%d %s", i, payload)
+		sent := time.Now()
+		talker.Send(`{"type":"message","message":"` + text + `"}`)
+		talker.ExpectMessage("talker", text, wait)
+		if d := time.Since(sent); d > time.Second {
+			t.Fatalf("message %d took %v to come back while a reader is stuck", i, d)
+		}
+		if i%10 == 9 {
+			cutOff = testkit.Value(testkit.Scrape(t, g.metrics), "chat_gateway_dropped_messages_total", "reason", "slow_consumer") > 0
+		}
+	}
+
+	// The stuck client, reading at last, finds what was written before the
+	// cut, then the close frame.
+	f := slow.ExpectClose(protocol.ClosePolicy, wait)
+	if f.CloseReason != "slow consumer" {
+		t.Fatalf("close reason %q", f.CloseReason)
+	}
+	testkit.WaitMetric(t, g.metrics, wait, func(v float64) bool { return v == 1 },
+		"chat_gateway_disconnects_total", "code", "1008", "reason", "slow_consumer")
+
+	talker.Send(`{"type":"message","message":"after the cut"}`)
+	talker.ExpectMessage("talker", "after the cut", wait)
+}
