@@ -8,7 +8,9 @@ import (
 	"math"
 	"net"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -169,7 +171,7 @@ func (c *conn) readLoop() {
 // readPayload reads h's payload, unmasked, appended to buf.
 func (c *conn) readPayload(h ws.Header, buf []byte) ([]byte, error) {
 	n := len(buf)
-	buf = append(buf, make([]byte, h.Length)...)
+	buf = slices.Grow(buf, int(h.Length))[:n+int(h.Length)]
 	p := buf[n:]
 	if _, err := io.ReadFull(c.r, p); err != nil {
 		return buf, err
@@ -252,7 +254,7 @@ func (c *conn) message(text string) {
 	switch {
 	case c.handle == "":
 		c.sendError(&protocol.Error{Code: protocol.CodeNoHandle, Message: "choose a handle before sending messages"})
-	case isBlank(text):
+	case strings.TrimSpace(text) == "":
 		c.sendError(&protocol.Error{Code: protocol.CodeEmptyMessage, Message: "message is empty"})
 	default:
 		if err := c.g.publish(c.handle, text); err != nil {
@@ -260,23 +262,6 @@ func (c *conn) message(text string) {
 			c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, Message: "message not sent: chat is unavailable, try again"})
 		}
 	}
-}
-
-func isBlank(s string) bool {
-	for _, r := range s {
-		if !isSpace(r) {
-			return false
-		}
-	}
-	return true
-}
-
-func isSpace(r rune) bool {
-	switch r {
-	case ' ', '\t', '\n', '\v', '\f', '\r', 0x85, 0xA0:
-		return true
-	}
-	return r >= 0x2000 && r <= 0x200A || r == 0x1680 || r == 0x2028 || r == 0x2029 || r == 0x202F || r == 0x205F || r == 0x3000
 }
 
 func (c *conn) sendError(err error) {
@@ -298,6 +283,9 @@ func (c *conn) fail(code int, text, reason string) {
 // quiet for PingInterval and drops one that has not answered within
 // PongTimeout. Any frame from the client counts as an answer.
 func (c *conn) checkAlive() {
+	if c.isClosing() {
+		return // teardown stops the timer; this run raced it
+	}
 	cfg := c.g.cfg
 	now, last := c.now(), c.lastRead.Load()
 	if sent := c.pingSentAt.Load(); sent != 0 {

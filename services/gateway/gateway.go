@@ -54,13 +54,14 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	reg := ops.NewRegistry()
 	g := New(cfg, log, reg)
+	if err := g.Connect(); err != nil {
+		ln.Close()
+		opsLn.Close()
+		return err
+	}
 	opsSrv := &http.Server{Handler: ops.Handler(reg, g.Ready), ReadHeaderTimeout: 10 * time.Second}
 	go opsSrv.Serve(opsLn)
 	defer opsSrv.Close()
-	if err := g.Connect(); err != nil {
-		ln.Close()
-		return err
-	}
 
 	log.Info("gateway listening", "addr", ln.Addr().String(), "ops_addr", opsLn.Addr().String(),
 		"id", g.id, "region", cfg.Region)
@@ -138,8 +139,10 @@ func (g *Gateway) Connect() error {
 	// With NATS up, wait until the server has the subscription, so nothing
 	// published once this gateway says it is listening is missed. With NATS
 	// down the client subscribes when it connects.
-	if err := nc.FlushTimeout(5 * time.Second); err != nil {
-		g.log.Warn("NATS not reachable yet; serving and retrying", "err", err)
+	if !nc.IsConnected() {
+		g.log.Warn("NATS not reachable yet; serving and retrying")
+	} else if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		g.log.Warn("NATS subscription not confirmed", "err", err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"maps"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -189,3 +190,32 @@ func TestPingIsAnsweredToSenderOnly(t *testing.T) {
 func isMessage(f protocol.ServerFrame) bool { return f.Type == protocol.TypeMessage }
 
 func deadline() time.Time { return time.Now().Add(wait) }
+
+// The page and its assets come from the gateway itself, with a policy that
+// forbids loading anything from elsewhere.
+func TestPageIsServed(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	g := startGateway(t, ns.ClientURL())
+	for path, ctype := range map[string]string{"/": "text/html", "/app.js": "javascript", "/style.css": "text/css"} {
+		resp, err := http.Get(g.http + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(resp.Header.Get("Content-Type"), ctype) {
+			t.Errorf("GET %s: %s %s", path, resp.Status, resp.Header.Get("Content-Type"))
+		}
+		if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'self'") {
+			t.Errorf("GET %s: CSP %q", path, csp)
+		}
+	}
+	// A plain GET of the websocket endpoint is not an upgrade.
+	resp, err := http.Get(g.http + "/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("GET /ws without upgrade: %s", resp.Status)
+	}
+}
