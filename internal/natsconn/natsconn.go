@@ -42,10 +42,9 @@ func (c Config) Servers() []string {
 	return []string{nats.DefaultURL}
 }
 
-// Hooks are told about connection changes, for metrics and readiness.
+// Hooks are told about connection changes, for metrics.
 type Hooks struct {
-	Disconnected func()
-	Reconnected  func()
+	Reconnected func()
 }
 
 // Connect returns a connection that is connected or trying to be: it never
@@ -68,9 +67,6 @@ func Connect(c Config, name string, log *slog.Logger, hooks Hooks) (*nats.Conn, 
 				return
 			}
 			log.Warn("nats disconnected", "err", err)
-			if hooks.Disconnected != nil {
-				hooks.Disconnected()
-			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())

@@ -68,17 +68,6 @@ func (p *Program) Stop() error {
 	return p.err
 }
 
-// Exited reports whether the program has returned, without stopping it.
-func (p *Program) Exited() bool {
-	select {
-	case err := <-p.done:
-		p.done <- err
-		return true
-	default:
-		return false
-	}
-}
-
 // testWriter copies a program's log to the test's output, looks for the
 // ready line, and drops writes once the program is stopped (a goroutine of
 // the program may still log after run returned).

@@ -146,7 +146,7 @@ func (c *Client) NextRaw(deadline time.Time) (ws.Header, []byte, error) {
 	h, err := ws.ReadHeader(c.r)
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
-			err = fmt.Errorf("%w: %v", ErrNoClose, err)
+			err = fmt.Errorf("%w: %w", ErrNoClose, err)
 		}
 		return h, nil, err
 	}

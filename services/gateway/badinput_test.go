@@ -1,7 +1,10 @@
 package gateway_test
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"math"
 	"strings"
 	"testing"
 
@@ -41,10 +44,16 @@ func TestBadInput(t *testing.T) {
 			ws.NewFrame(ws.OpContinuation, true, []byte(messageOfSize(maxMessage)[maxMessage/2:]+" ")),
 		}, wantClose: protocol.CloseTooBig},
 		{name: "invalid UTF-8", send: []ws.Frame{text("{\"type\":\"message\",\"message\":\"\xff\xfe\"}")}, wantClose: protocol.CloseInvalidData},
-		{name: "UTF-8 split across fragments is fine, broken is not", send: []ws.Frame{
+		{name: "UTF-8 cut short at the end of the last fragment", send: []ws.Frame{
 			ws.NewFrame(ws.OpText, false, []byte("{\"type\":\"message\",\"message\":\"\xc3")),
 			ws.NewFrame(ws.OpContinuation, true, []byte("\"}")),
 		}, wantClose: protocol.CloseInvalidData},
+		{name: "length that overflows", send: []ws.Frame{
+			ws.NewFrame(ws.OpText, false, []byte(`{"type":"me`)),
+			{Header: ws.Header{Fin: true, OpCode: ws.OpContinuation, Length: math.MaxInt64 - 5}},
+		}, wantClose: protocol.CloseTooBig},
+		{name: "reserved data opcode", send: []ws.Frame{ws.NewFrame(ws.OpCode(0x3), true, []byte("x"))}, wantClose: protocol.CloseProtocolError},
+		{name: "reserved control opcode", send: []ws.Frame{ws.NewFrame(ws.OpCode(0xb), true, []byte("x"))}, wantClose: protocol.CloseProtocolError},
 		{name: "binary frame", send: []ws.Frame{ws.NewBinaryFrame([]byte(`{"type":"message","message":"hi"}`))}, wantClose: protocol.CloseUnsupported},
 		{name: "continuation without a start", send: []ws.Frame{ws.NewFrame(ws.OpContinuation, true, []byte("x"))}, wantClose: protocol.CloseProtocolError},
 		{name: "oversized ping", send: []ws.Frame{ws.NewPingFrame(make([]byte, 126))}, wantClose: protocol.CloseProtocolError},
@@ -81,6 +90,12 @@ func TestBadInput(t *testing.T) {
 			if tt.wantClose != 0 {
 				f := bad.ExpectClose(tt.wantClose, wait)
 				t.Logf("closed %d %q", f.CloseCode, f.CloseReason)
+				// The gateway finishes the closing handshake: a clean
+				// end of stream, not a reset that could have cost the
+				// client the close frame.
+				if _, err := bad.Next(wait); !errors.Is(err, io.EOF) {
+					t.Fatalf("after the close: %v, want EOF", err)
+				}
 			} else {
 				// Still open, and still usable (the status frame binds
 				// a connection that has no handle yet, and is ignored
@@ -123,6 +138,17 @@ func TestWellFormedEdgeCases(t *testing.T) {
 		t.Fatalf("want pong, got %v %q %v", h.OpCode, p, err)
 	}
 	c.ExpectMessage("edge", "in three parts é", wait)
+
+	// A character split across two fragments is fine.
+	for _, f := range []ws.Frame{
+		ws.NewFrame(ws.OpText, false, []byte("{\"type\":\"message\",\"message\":\"caf\xc3")),
+		ws.NewFrame(ws.OpContinuation, true, []byte("\xa9\"}")),
+	} {
+		if err := c.SendFrame(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.ExpectMessage("edge", "café", wait)
 
 	// A client's close is answered with the same code.
 	if err := c.SendFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(4000, "bye"))); err != nil {

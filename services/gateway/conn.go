@@ -60,28 +60,42 @@ type conn struct {
 
 	writers sync.WaitGroup // the running flush, if any
 
-	mu          sync.Mutex // guards the fields below
-	queue       net.Buffers
-	spare       net.Buffers // the writer's last batch, emptied, reused as the next queue
-	queued      int         // bytes in queue
-	writing     bool        // a flush goroutine is running
-	closing     bool        // a close frame is queued or the socket is going; nothing more is queued
-	closeCode   int         // what ended the connection, first cause wins
-	closeReason string
+	mu            sync.Mutex // guards the fields below
+	queue         net.Buffers
+	spare         net.Buffers // the writer's last batch, emptied, reused as the next queue
+	queued        int         // bytes in queue
+	inflight      int         // frames the writer is writing now
+	inflightBytes int         // and their bytes; both count against the send limits
+	writing       bool        // a flush goroutine is running, or writes are held (see newConn)
+	closing       bool        // a close frame is queued or the socket is going; nothing more is queued
+	closeBy       time.Time   // set by teardown: no write may block past it
+	closeCode     int         // what ended the connection, first cause wins
+	closeReason   string
 }
 
-func newConn(g *Gateway, nc net.Conn, r io.Reader) *conn {
-	return &conn{g: g, nc: nc, r: r, remote: nc.RemoteAddr().String(), born: time.Now()}
+// newConn returns a connection whose writes are held: frames queue up, but
+// nothing touches the socket until serve starts, after the upgrade response.
+// That lets the hub include it before the client learns it is connected.
+func newConn(g *Gateway, nc net.Conn) *conn {
+	return &conn{g: g, nc: nc, r: nc, remote: nc.RemoteAddr().String(), born: time.Now(), writing: true}
 }
 
 func (c *conn) now() int64 { return int64(time.Since(c.born)) }
 
-// serve runs the connection until it ends. handle is the upgrade URL's
-// ?handle=, bound at once when present.
-func (c *conn) serve(handle string, hasHandle bool) {
+// serve runs the connection until it ends, from the moment the upgrade
+// response is written. handle is the upgrade URL's ?handle=, bound at once
+// when present; registered says whether the hub took the connection (it
+// refuses during shutdown).
+func (c *conn) serve(handle string, hasHandle, registered bool) {
 	defer c.teardown()
 	g := c.g
-	if !g.hub.add(c) {
+	c.mu.Lock()
+	c.writing = false // release the writes newConn held
+	if len(c.queue) > 0 {
+		c.startWriter()
+	}
+	c.mu.Unlock()
+	if !registered {
 		c.sendClose(protocol.CloseGoingAway, "going away", reasonShutdown, false)
 		c.readLoop()
 		return
@@ -103,36 +117,41 @@ func (c *conn) serve(handle string, hasHandle bool) {
 // the close deadline.
 func (c *conn) readLoop() {
 	var (
-		hbuf    = make([]byte, 2, ws.MaxHeaderSize-2)
-		msg     []byte // the text message being assembled from fragments
-		inFrag  bool   // a fragmented text message is in progress
-		maxSize = int64(c.g.cfg.MaxMessageBytes)
+		hbuf   = make([]byte, 2, ws.MaxHeaderSize-2)
+		msg    []byte // the text message being assembled from fragments
+		inFrag bool   // a fragmented text message is in progress
 	)
 	for {
 		h, err := ws.ReadHeaderBuffer(c.r, hbuf)
+		if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
+			// Nothing after a broken header can be parsed: say why, then
+			// discard until the peer leaves or the close deadline.
+			c.fail(protocol.CloseProtocolError, "malformed frame header", reasonProtocol)
+			io.Copy(io.Discard, c.r)
+			return
+		}
 		if err != nil {
-			c.readFailed(err)
+			c.setCause(1006, reasonEOF)
 			return
 		}
 		c.lastRead.Store(c.now())
 		if c.isClosing() {
-			if _, err := io.CopyN(io.Discard, c.r, h.Length); err != nil || h.OpCode == ws.OpClose {
+			if c.discard(h) != nil || h.OpCode == ws.OpClose {
 				return
 			}
 			continue
 		}
-		if h.Rsv != 0 || !h.Masked {
-			c.fail(protocol.CloseProtocolError, "frames must be masked, without extensions", reasonProtocol)
+		if code, text, reason := c.check(h, inFrag, len(msg)); code != 0 {
+			c.fail(code, text, reason)
+			if c.discard(h) != nil { // skip the payload, so the next header is a header
+				return
+			}
 			continue
 		}
 		if h.OpCode.IsControl() {
-			if !h.Fin || h.Length > ws.MaxControlFramePayloadSize {
-				c.fail(protocol.CloseProtocolError, "bad control frame", reasonProtocol)
-				continue
-			}
 			p, err := c.readPayload(h, nil)
 			if err != nil {
-				c.readFailed(err)
+				c.setCause(1006, reasonEOF)
 				return
 			}
 			if !c.control(h.OpCode, p) {
@@ -140,20 +159,8 @@ func (c *conn) readLoop() {
 			}
 			continue
 		}
-		switch {
-		case h.OpCode == ws.OpBinary:
-			c.fail(protocol.CloseUnsupported, "binary frames are not supported", reasonBinary)
-			continue
-		case h.OpCode == ws.OpText && inFrag, h.OpCode == ws.OpContinuation && !inFrag, h.OpCode.IsReserved():
-			c.fail(protocol.CloseProtocolError, "unexpected frame", reasonProtocol)
-			continue
-		}
-		if int64(len(msg))+h.Length > maxSize {
-			c.fail(protocol.CloseTooBig, "message too big", reasonTooBig)
-			continue
-		}
 		if msg, err = c.readPayload(h, msg); err != nil {
-			c.readFailed(err)
+			c.setCause(1006, reasonEOF)
 			return
 		}
 		if inFrag = !h.Fin; inFrag {
@@ -168,16 +175,55 @@ func (c *conn) readLoop() {
 	}
 }
 
-// readPayload reads h's payload, unmasked, appended to buf.
-func (c *conn) readPayload(h ws.Header, buf []byte) ([]byte, error) {
-	n := len(buf)
-	buf = slices.Grow(buf, int(h.Length))[:n+int(h.Length)]
-	p := buf[n:]
-	if _, err := io.ReadFull(c.r, p); err != nil {
-		return buf, err
+// check judges a frame header, given the bytes of a fragmented message
+// already read. It returns a close code, and why, for a frame to reject.
+func (c *conn) check(h ws.Header, inFrag bool, have int) (code int, text, reason string) {
+	op := h.OpCode
+	switch {
+	case h.Rsv != 0 || !h.Masked:
+		return protocol.CloseProtocolError, "frames must be masked, without extensions", reasonProtocol
+	case op.IsReserved():
+		return protocol.CloseProtocolError, "reserved opcode", reasonProtocol
+	case op.IsControl():
+		if !h.Fin || h.Length > ws.MaxControlFramePayloadSize {
+			return protocol.CloseProtocolError, "bad control frame", reasonProtocol
+		}
+		return 0, "", ""
+	case op == ws.OpBinary:
+		return protocol.CloseUnsupported, "binary frames are not supported", reasonBinary
+	case op == ws.OpText && inFrag, op == ws.OpContinuation && !inFrag:
+		return protocol.CloseProtocolError, "unexpected frame", reasonProtocol
+	case h.Length > int64(c.g.cfg.MaxMessageBytes-have): // written so it cannot overflow
+		return protocol.CloseTooBig, "message too big", reasonTooBig
 	}
-	ws.Cipher(p, h.Mask, 0)
+	return 0, "", ""
+}
+
+// readChunk bounds what a frame's declared length can make the gateway
+// allocate before the bytes actually arrive.
+const readChunk = 16 << 10
+
+// readPayload reads h's payload, unmasked, appended to buf. The buffer grows
+// as data arrives, not as the header promises.
+func (c *conn) readPayload(h ws.Header, buf []byte) ([]byte, error) {
+	start := len(buf)
+	for left := h.Length; left > 0; {
+		n := int(min(left, readChunk))
+		buf = slices.Grow(buf, n)
+		m, err := io.ReadFull(c.r, buf[len(buf):len(buf)+n])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			return buf, err
+		}
+		left -= int64(n)
+	}
+	ws.Cipher(buf[start:], h.Mask, 0)
 	return buf, nil
+}
+
+func (c *conn) discard(h ws.Header) error {
+	_, err := io.CopyN(io.Discard, c.r, h.Length)
+	return err
 }
 
 // control handles a ping, pong or close frame. It reports whether to keep
@@ -188,28 +234,19 @@ func (c *conn) control(op ws.OpCode, p []byte) bool {
 		c.send(compileFrame(ws.OpPong, p))
 	case ws.OpClose:
 		code, reason := ws.ParseCloseFrameData(p)
-		c.setCause(int(code), reasonClient)
 		switch {
 		case len(p) == 0:
+			c.setCause(1005, reasonClient) // 1005: closed without a status code
 			c.sendClose(protocol.CloseNormal, "", reasonClient, false)
 		case ws.CheckCloseFrameData(code, reason) != nil:
 			c.sendClose(protocol.CloseProtocolError, "bad close frame", reasonProtocol, false)
 		default:
+			c.setCause(int(code), reasonClient)
 			c.sendClose(int(code), "", reasonClient, false)
 		}
 		return false
 	}
 	return true // a pong needs nothing: reading it updated lastRead
-}
-
-// readFailed records why reading stopped, unless something else already
-// ended the connection.
-func (c *conn) readFailed(err error) {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		c.setCause(1006, reasonTimeout)
-		return
-	}
-	c.setCause(1006, reasonEOF)
 }
 
 // handleText handles one complete, valid UTF-8 text message.
@@ -316,9 +353,11 @@ func (c *conn) send(frame []byte) bool {
 		return false
 	}
 	cfg := c.g.cfg
-	// One frame always fits in an empty queue, however large: a stamped
-	// message can be several times the size of what the client typed.
-	if len(c.queue) >= cfg.SendQueue || len(c.queue) > 0 && c.queued+len(frame) > cfg.SendQueueBytes {
+	// The limits count what the writer is writing too. One frame always fits
+	// when nothing is pending, however large: a stamped message can be
+	// several times the size of what the client typed.
+	frames, bytes := len(c.queue)+c.inflight, c.queued+c.inflightBytes
+	if frames >= cfg.SendQueue || frames > 0 && bytes+len(frame) > cfg.SendQueueBytes {
 		dropped := len(c.queue) + 1
 		c.mu.Unlock()
 		c.g.m.dropped.WithLabelValues(reasonSlowConsumer).Add(float64(dropped))
@@ -376,16 +415,22 @@ func (c *conn) flush() {
 		if batch != nil {
 			clear(batch) // drop references to written frames
 			c.spare = batch[:0]
+			c.inflight, c.inflightBytes = 0, 0
 		}
 		if len(c.queue) == 0 {
 			c.writing = false
 			c.mu.Unlock()
 			return
 		}
-		batch, c.queue, c.spare, c.queued = c.queue, c.spare, nil, 0
+		batch, c.queue, c.spare = c.queue, c.spare, nil
+		c.inflight, c.inflightBytes, c.queued = len(batch), c.queued, 0
+		deadline := time.Now().Add(c.g.cfg.WriteTimeout)
+		if !c.closeBy.IsZero() && c.closeBy.Before(deadline) {
+			deadline = c.closeBy
+		}
+		c.nc.SetWriteDeadline(deadline) // under mu, so teardown's deadline is never overwritten
 		c.mu.Unlock()
 
-		c.nc.SetWriteDeadline(time.Now().Add(c.g.cfg.WriteTimeout))
 		bufs := batch // WriteTo consumes its receiver
 		if _, err := bufs.WriteTo(c.nc); err != nil {
 			c.writeFailed(err)
@@ -435,9 +480,10 @@ func (c *conn) teardown() {
 	}
 	c.mu.Lock()
 	c.closing = true
+	c.closeBy = time.Now().Add(closeGrace)
+	c.nc.SetWriteDeadline(c.closeBy)
 	code, reason := c.closeCode, c.closeReason
 	c.mu.Unlock()
-	c.nc.SetWriteDeadline(time.Now().Add(closeGrace))
 	c.writers.Wait()
 	c.nc.Close()
 	g.m.disconnects.WithLabelValues(strconv.Itoa(code), reason).Inc()

@@ -116,7 +116,7 @@ func (g *Gateway) Ready() error {
 		return errors.New("shutting down")
 	default:
 	}
-	if g.nc == nil || !g.nc.IsConnected() {
+	if !g.nc.IsConnected() {
 		return errors.New("NATS not connected")
 	}
 	return nil

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"fmt"
 	"maps"
 	"net/http"
 	"strings"
@@ -217,5 +218,21 @@ func TestPageIsServed(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("GET /ws without upgrade: %s", resp.Status)
+	}
+}
+
+// Once a client's upgrade has succeeded it is in the broadcast: a message
+// published right after reaches it. (The gateway joins it to the hub before
+// writing the upgrade response.)
+func TestNoMessageMissedRightAfterUpgrade(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	g := startGateway(t, ns.ClientURL(), map[string]string{"LOG_LEVEL": "info"})
+	alice := join(t, g, "alice")
+	for i := range 200 {
+		bob := testkit.Dial(t, g.ws+"?handle=bob")
+		text := fmt.Sprintf("m%d", i)
+		alice.Send(`{"type":"message","message":"` + text + `"}`)
+		bob.ExpectMessage("alice", text, wait)
+		bob.Conn.Close()
 	}
 }

@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 
@@ -36,8 +38,21 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	handle, hasHandle := q.Get("handle"), q.Has("handle")
 
-	nc, rw, _, err := g.upgrader.Upgrade(r, w)
+	var (
+		c          *conn
+		registered bool
+	)
+	hook := hijackHook{ResponseWriter: w, hijacked: func(nc net.Conn) {
+		// Join the hub before the upgrade response goes out, so a client
+		// cannot miss a message published once it sees it is connected.
+		c = newConn(g, nc)
+		registered = g.hub.add(c)
+	}}
+	nc, rw, _, err := g.upgrader.Upgrade(r, hook)
 	if err != nil {
+		if registered {
+			g.hub.remove(c)
+		}
 		if nc != nil {
 			nc.Close()
 		}
@@ -50,10 +65,24 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	// Frames a client sent right behind its request may sit in the HTTP
 	// server's buffer; read those first, then the socket, and let the
 	// 4 KiB buffer go.
-	var src io.Reader = nc
 	if n := rw.Reader.Buffered(); n > 0 {
 		early, _ := rw.Reader.Peek(n)
-		src = io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc)
+		c.r = io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc)
 	}
-	go newConn(g, nc, src).serve(handle, hasHandle)
+	go c.serve(handle, hasHandle, registered)
+}
+
+// hijackHook lets serveWS act between the hijack and the upgrade response,
+// which ws.HTTPUpgrader writes right after hijacking.
+type hijackHook struct {
+	http.ResponseWriter
+	hijacked func(net.Conn)
+}
+
+func (h hijackHook) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err == nil {
+		h.hijacked(nc)
+	}
+	return nc, rw, err
 }

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,17 +18,23 @@ import (
 )
 
 // Stopping the program (what SIGTERM does to main) closes every socket with
-// 1001 after what was already queued for it, refuses new upgrades, and
-// returns nil.
+// 1001 after what was already queued for it, stops listening, and returns
+// nil.
 func TestShutdownClosesSocketsWithGoingAway(t *testing.T) {
 	ns := testkit.StartNATS(t)
 	g := startGateway(t, ns.ClientURL())
 	alice, bob := join(t, g, "alice"), join(t, g, "bob")
-	alice.Send(`{"type":"message","message":"last words"}`)
-	bob.ExpectMessage("alice", "last words", wait)
+	// Bob reads nothing until the shutdown has begun.
+	for i := range 5 {
+		alice.Send(fmt.Sprintf(`{"type":"message","message":"last words %d"}`, i))
+	}
+	testkit.WaitMetric(t, g.metrics, wait, func(v float64) bool { return v == 10 }, "chat_gateway_messages_total", "direction", "out")
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- g.Stop() }()
+	for i := range 5 {
+		bob.ExpectMessage("alice", fmt.Sprintf("last words %d", i), wait)
+	}
 	for _, c := range []*testkit.Client{alice, bob} {
 		c.ExpectClose(protocol.CloseGoingAway, wait)
 	}
