@@ -37,6 +37,46 @@
 // unchanged to its sockets. Later frame types (join, leave, presence,
 // status) follow the same rule.
 //
+// # Presence
+//
+// The presence service publishes join and leave notices on
+// "presence.events", each payload exactly the client frame, which gateways
+// forward unchanged:
+//
+//	{"type":"join","name":"bob","message":"joined","v":12,"ts":1733300000000}
+//	{"type":"leave","name":"bob","message":"left","reason":"closed","v":13,"ts":1733300004000}
+//
+// After binding a handle, and on {"type":"who"}, a client is sent the roster:
+//
+//	{"type":"presence","name":"online","message":"alice, bob","handles":["alice","bob"],"v":12}
+//
+// v grows by one per notice and never goes backwards. A client applies only
+// notices with a larger v than it has, and asks "who" again when it sees a
+// gap. A handle joins with its first session on any gateway and leaves, after
+// a grace period that a reconnect cancels, with its last; leave reasons are
+// the Reason constants.
+//
+// Gateways tell presence what is connected with three messages, all on
+// presence.gw.<gateway>.<kind> (GatewaySubject):
+//
+//   - Delta (kind "delta"), at once, whenever a handle's session count on the
+//     gateway changes. Deltas of one gateway instance are numbered by Seq.
+//   - Heartbeat (kind "hb"), every interval: identity, interval, the last Seq,
+//     and a Digest of the gateway's whole handle → sessions map. Its size is
+//     the same for ten handles or ten million: nothing in it grows with them.
+//   - Bye (kind "bye"), when the gateway drains.
+//
+// Presence applies Deltas in Seq order. When a Seq is skipped, a heartbeat's
+// Seq is ahead of what it applied, or the digests disagree at equal Seq, it
+// asks the gateway on presence.sync.<gateway> (SyncSubject) for its full
+// state, which arrives as one or more SyncChunks. A new gateway, or a new
+// instance of one (a restart), is synced the same way. So the steady-state
+// cost per gateway is one small heartbeat per interval, and a full copy of
+// its handles moves only when something went missing.
+//
+// "Who is online" is the NATS micro service "presence" with the endpoint
+// presence.online (SubjectOnline), answering a Roster.
+//
 // # Errors and close codes
 //
 // Input that can be answered without ending the connection gets an error

@@ -86,12 +86,16 @@ func (m Message) AppendJSON(dst []byte) []byte {
 // use stay zero. Gateways never decode these on their hot path; tests, tools
 // and the load generator do.
 type ServerFrame struct {
-	Type    string `json:"type"`
-	ID      string `json:"id,omitempty"`
-	Name    string `json:"name"`
-	Message string `json:"message"`
-	TS      int64  `json:"ts,omitempty"`
-	Code    string `json:"code,omitempty"`
+	Type    string   `json:"type"`
+	ID      string   `json:"id,omitempty"`
+	Name    string   `json:"name"`
+	Message string   `json:"message"`
+	TS      int64    `json:"ts,omitempty"`
+	Code    string   `json:"code,omitempty"`    // error
+	Reason  string   `json:"reason,omitempty"`  // leave
+	V       uint64   `json:"v,omitempty"`       // join, leave, presence
+	Handles []string `json:"handles,omitempty"` // presence
+	State   string   `json:"state,omitempty"`   // status
 }
 
 // DecodeServer decodes a gateway → client frame.
