@@ -13,7 +13,8 @@ require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/fly-chat/chat/internal v0.0.0 // indirect
-	github.com/fly-chat/chat/pkg/protocol v0.0.0 // indirect
+	github.com/fly-chat/chat/pkg/protocol v0.0.0
+	github.com/fly-chat/chat/services/presence v0.0.0
 	github.com/gobwas/httphead v0.1.0 // indirect
 	github.com/gobwas/ws v1.5.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
@@ -42,3 +43,5 @@ replace github.com/fly-chat/chat/internal => ../../internal
 replace github.com/fly-chat/chat/pkg/protocol => ../../pkg/protocol
 
 replace github.com/fly-chat/chat/internal/testkit => ../../internal/testkit
+
+replace github.com/fly-chat/chat/services/presence => ../../services/presence

@@ -1,10 +1,12 @@
 // Command chatdev runs the whole chat stack in one process for local
-// development: an embedded NATS server and a gateway, on localhost.
+// development: an embedded NATS server, a gateway and the presence service,
+// on localhost.
 //
 //	go run ./cmd/chatdev
 //
 // Settings are the services' own environment variables (see the README);
-// chatdev only points them at its NATS server and at localhost.
+// chatdev only points them at its NATS server and at localhost, and gives
+// presence its own ops address, PRESENCE_METRICS_ADDR.
 package main
 
 import (
@@ -23,6 +25,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/fly-chat/chat/services/gateway"
+	"github.com/fly-chat/chat/services/presence"
 )
 
 func main() {
@@ -58,7 +61,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// The services read their usual variables; chatdev points them at its
 	// NATS server and fills in localhost defaults.
 	overrides := map[string]string{"NATS_URL": ns.ClientURL(), "NATSAPPHOST": ""}
-	defaults := map[string]string{"HOST": "127.0.0.1", "PORT": "8080", "METRICS_ADDR": "127.0.0.1:9091"}
+	defaults := map[string]string{"HOST": "127.0.0.1", "PORT": "8080", "METRICS_ADDR": "127.0.0.1:9091", "PRESENCE_METRICS_ADDR": "127.0.0.1:9092"}
 	env := func(k string) string {
 		if v, ok := overrides[k]; ok {
 			return v
@@ -68,14 +71,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		}
 		return defaults[k]
 	}
+	presenceEnv := func(k string) string {
+		if k == "METRICS_ADDR" {
+			k = "PRESENCE_METRICS_ADDR"
+		}
+		return env(k)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	done := make(chan error, 1)
+	// Either service stopping stops the other; the first error is the answer.
+	done := make(chan error, 2)
+	go func() { done <- presence.Run(ctx, nil, presenceEnv, stdout) }()
 	go func() { done <- gateway.Run(ctx, nil, env, stdout) }()
+	wait := func() error {
+		first := <-done
+		cancel()
+		return errors.Join(first, <-done)
+	}
 
-	if err := waitReady(ctx, env("METRICS_ADDR"), done); err != nil {
-		return err
+	for _, addr := range []string{presenceEnv("METRICS_ADDR"), env("METRICS_ADDR")} {
+		if err := waitReady(ctx, addr, done); err != nil {
+			cancel()
+			return errors.Join(err, wait())
+		}
 	}
 	host := env("HOST")
 	if host == "" || host == "127.0.0.1" || host == "0.0.0.0" || host == "::" {
@@ -83,10 +102,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	fmt.Fprintf(stdout, "\n  chat is running: open http://%s in two browser tabs (NATS at %s)\n\n",
 		net.JoinHostPort(host, env("PORT")), ns.ClientURL())
-	return <-done
+	return wait()
 }
 
-// waitReady polls the gateway's /readyz until it answers 200.
+// waitReady polls a service's /readyz until it answers 200. A service that
+// stops meanwhile is put back on done for the caller.
 func waitReady(ctx context.Context, metricsAddr string, done chan error) error {
 	host, port, err := net.SplitHostPort(metricsAddr)
 	if err != nil {
@@ -106,7 +126,7 @@ func waitReady(ctx context.Context, metricsAddr string, done chan error) error {
 		select {
 		case err := <-done:
 			done <- err
-			return fmt.Errorf("gateway stopped: %v", err)
+			return errors.New("a service stopped before it was ready")
 		case <-ctx.Done():
 			return nil
 		case <-time.After(50 * time.Millisecond):

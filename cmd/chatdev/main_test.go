@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fly-chat/chat/internal/testkit"
+	"github.com/fly-chat/chat/pkg/protocol"
 )
 
 // freePort returns a loopback port nothing listens on right now.
@@ -27,7 +28,10 @@ func freePort(t *testing.T) string {
 // The one command a new user runs: it prints a URL, the page is there, and
 // two tabs chat through the embedded NATS server.
 func TestStackChatsLocally(t *testing.T) {
-	env := map[string]string{"PORT": freePort(t), "METRICS_ADDR": "127.0.0.1:" + freePort(t), "LOG_LEVEL": "warn"}
+	env := map[string]string{
+		"PORT": freePort(t), "METRICS_ADDR": "127.0.0.1:" + freePort(t), "PRESENCE_METRICS_ADDR": "127.0.0.1:" + freePort(t),
+		"LOG_LEVEL": "warn", "WARMUP": "100ms",
+	}
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -66,7 +70,10 @@ func TestStackChatsLocally(t *testing.T) {
 	}
 	resp.Body.Close()
 	ws := "ws://127.0.0.1:" + env["PORT"] + "/ws?handle="
-	alice, bob := testkit.Dial(t, ws+"alice"), testkit.Dial(t, ws+"bob")
+	alice := testkit.Dial(t, ws+"alice")
+	alice.Expect("alice's roster", 5*time.Second, func(f protocol.ServerFrame) bool { return f.Type == protocol.TypePresence })
+	bob := testkit.Dial(t, ws+"bob")
+	alice.Expect("bob's join", 5*time.Second, func(f protocol.ServerFrame) bool { return f.Type == protocol.TypeJoin && f.Name == "bob" })
 	alice.Send(`{"type":"message","message":"hello bob"}`)
 	bob.ExpectMessage("alice", "hello bob", 5*time.Second)
 

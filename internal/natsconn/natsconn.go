@@ -42,9 +42,11 @@ func (c Config) Servers() []string {
 	return []string{nats.DefaultURL}
 }
 
-// Hooks are told about connection changes, for metrics.
+// Hooks are told about connection changes. Each may be nil.
 type Hooks struct {
-	Reconnected func()
+	Connected    func() // the first connection is up (called even if Connect saw it)
+	Disconnected func() // lost the connection (not on our own Close or Drain)
+	Reconnected  func()
 }
 
 // Connect returns a connection that is connected or trying to be: it never
@@ -60,6 +62,9 @@ func Connect(c Config, name string, log *slog.Logger, hooks Hooks) (*nats.Conn, 
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info("nats connected", "server", nc.ConnectedUrlRedacted())
+			if hooks.Connected != nil {
+				hooks.Connected()
+			}
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err == nil { // our own Close or Drain
@@ -67,6 +72,9 @@ func Connect(c Config, name string, log *slog.Logger, hooks Hooks) (*nats.Conn, 
 				return
 			}
 			log.Warn("nats disconnected", "err", err)
+			if hooks.Disconnected != nil {
+				hooks.Disconnected()
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())

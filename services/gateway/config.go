@@ -10,6 +10,7 @@ import (
 	"github.com/fly-chat/chat/internal/envflag"
 	"github.com/fly-chat/chat/internal/natsconn"
 	"github.com/fly-chat/chat/internal/ops"
+	"github.com/fly-chat/chat/pkg/protocol"
 )
 
 // Config is every setting of a gateway. LoadConfig fills it from the
@@ -29,6 +30,8 @@ type Config struct {
 	SendQueueBytes  int           // SEND_QUEUE_BYTES: bytes queued for one client before it is a slow consumer
 	WriteTimeout    time.Duration // WRITE_TIMEOUT: longest a single socket write may block
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: budget for a graceful stop
+
+	HeartbeatInterval time.Duration // HEARTBEAT_INTERVAL: how often presence hears from this gateway
 
 	Log ops.LogConfig // LOG_LEVEL, LOG_FORMAT
 
@@ -63,6 +66,7 @@ func (c *Config) register(l *envflag.Loader) {
 	l.Int(&c.SendQueueBytes, "SEND_QUEUE_BYTES", 1<<20, "bytes queued for one client before it is cut off as a slow consumer")
 	l.Duration(&c.WriteTimeout, "WRITE_TIMEOUT", 10*time.Second, "longest a socket write may block before the client is dropped")
 	l.Duration(&c.ShutdownTimeout, "SHUTDOWN_TIMEOUT", 10*time.Second, "budget for closing sockets and draining NATS on SIGTERM")
+	l.Duration(&c.HeartbeatInterval, "HEARTBEAT_INTERVAL", 2*time.Second, "how often the gateway tells presence it is alive; 3 missed make its users leave")
 	c.Log.Register(l)
 	c.MachineID = l.Env("FLY_MACHINE_ID")
 	c.Region = l.Env("FLY_REGION")
@@ -82,6 +86,8 @@ func (c Config) validate() error {
 	check(c.SendQueueBytes >= c.MaxMessageBytes, "SEND_QUEUE_BYTES must be at least MAX_MESSAGE_BYTES")
 	check(c.WriteTimeout > 0, "WRITE_TIMEOUT must be positive")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
+	check(c.HeartbeatInterval >= 10*time.Millisecond, "HEARTBEAT_INTERVAL must be at least 10ms")
+	check(c.MachineID == "" || protocol.ValidID(c.MachineID), "FLY_MACHINE_ID must be letters, digits, - and _")
 	if err := c.Log.Validate(); err != nil {
 		problems = append(problems, err.Error())
 	}

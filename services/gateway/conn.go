@@ -58,7 +58,8 @@ type conn struct {
 	pingSentAt atomic.Int64 // nanoseconds since born of the unanswered ping; 0 if none
 	keepalive  *time.Timer  // runs checkAlive; stopped by teardown
 
-	writers sync.WaitGroup // the running flush, if any
+	writers    sync.WaitGroup // the running flush, if any
+	rosterBusy atomic.Bool    // a roster request is under way
 
 	mu            sync.Mutex // guards the fields below
 	queue         net.Buffers
@@ -268,7 +269,7 @@ func (c *conn) handleText(msg []byte) {
 	case protocol.TypeMessage:
 		c.message(f.Message)
 	case protocol.TypeWho:
-		c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, Message: "the roster is not available yet"})
+		c.sendRoster(c.g.tracker.seqNow(), true)
 	}
 }
 
@@ -283,6 +284,31 @@ func (c *conn) bind(name string) {
 	}
 	c.handle = h
 	c.g.log.Debug("handle bound", "remote", c.remote, "handle", h)
+	c.sendRoster(c.g.tracker.connect(h), false)
+}
+
+// sendRoster sends the client who is online, once presence has seen this
+// gateway's reports up to seq. One request per connection is under way at a
+// time; a "who" meanwhile gets that answer. If presence cannot answer, a
+// client that asked (asked) is told so; the roster after binding a handle
+// is simply skipped, so a presence outage does not greet everyone with an
+// error.
+func (c *conn) sendRoster(seq uint64, asked bool) {
+	if !c.rosterBusy.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer c.rosterBusy.Store(false)
+		r, err := c.g.roster(seq)
+		if err != nil {
+			c.g.log.Warn("roster request failed", "remote", c.remote, "err", err)
+			if asked {
+				c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, Message: "who is online is unavailable right now"})
+			}
+			return
+		}
+		c.send(compileFrame(ws.OpText, r.AppendClientJSON(nil)))
+	}()
 }
 
 // message relays a chat message through NATS. The sender sees it when NATS
@@ -486,6 +512,9 @@ func (c *conn) teardown() {
 	c.mu.Unlock()
 	c.writers.Wait()
 	c.nc.Close()
+	if c.handle != "" {
+		g.tracker.disconnect(c.handle, presenceReason(reason))
+	}
 	g.m.disconnects.WithLabelValues(strconv.Itoa(code), reason).Inc()
 	if g.log.Enabled(context.Background(), slog.LevelDebug) {
 		g.log.Debug("connection closed", "remote", c.remote, "handle", c.handle, "code", code, "reason", reason,

@@ -84,9 +84,12 @@ type Gateway struct {
 	m        *metrics
 	hub      *hub
 	upgrader ws.HTTPUpgrader
-	nc       *nats.Conn // set by Serve before any connection is accepted
+	nc       *nats.Conn // set by Connect, before any connection is accepted
+	tracker  *tracker   // set by Connect
+	inst     string     // this process's instance id, new every start
 
-	draining chan struct{} // closed when shutdown starts
+	stopHeartbeats context.CancelFunc // set by Connect
+	draining       chan struct{}      // closed when shutdown starts
 }
 
 // New returns a gateway; Serve runs it.
@@ -96,11 +99,12 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Gateway {
 		id = nuid.Next()
 	}
 	return &Gateway{
-		cfg: cfg,
-		id:  id,
-		log: log.With("service", "gateway"),
-		m:   newMetrics(reg),
-		hub: newHub(),
+		cfg:  cfg,
+		id:   id,
+		inst: nuid.Next(),
+		log:  log.With("service", "gateway"),
+		m:    newMetrics(reg),
+		hub:  newHub(),
 		upgrader: ws.HTTPUpgrader{
 			Timeout:  10 * time.Second,
 			Protocol: func(p string) bool { return p == "json" }, // the original client's subprotocol
@@ -132,9 +136,16 @@ func (g *Gateway) Connect() error {
 		return fmt.Errorf("nats: %w", err)
 	}
 	g.nc = nc
-	if _, err := nc.Subscribe(protocol.SubjectMsg, g.deliver); err != nil {
-		nc.Close()
-		return fmt.Errorf("nats subscribe: %w", err)
+	g.tracker = newTracker(nc, g.log, g.id, g.inst, g.cfg.Region, g.cfg.HeartbeatInterval)
+	for subject, handler := range map[string]nats.MsgHandler{
+		protocol.SubjectMsg:        g.deliver,
+		protocol.SubjectEvents:     g.deliverNotice,
+		protocol.SyncSubject(g.id): g.tracker.answerSync,
+	} {
+		if _, err := nc.Subscribe(subject, handler); err != nil {
+			nc.Close()
+			return fmt.Errorf("nats subscribe %s: %w", subject, err)
+		}
 	}
 	// With NATS up, wait until the server has the subscription, so nothing
 	// published once this gateway says it is listening is missed. With NATS
@@ -144,6 +155,9 @@ func (g *Gateway) Connect() error {
 	} else if err := nc.FlushTimeout(5 * time.Second); err != nil {
 		g.log.Warn("NATS subscription not confirmed", "err", err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g.stopHeartbeats = cancel
+	go g.tracker.run(ctx)
 	return nil
 }
 
@@ -178,6 +192,10 @@ func (g *Gateway) shutdown(srv *http.Server) error {
 	if err := srv.Shutdown(ctx); err != nil {
 		g.log.Warn("http shutdown", "err", err)
 	}
+	// Tell presence before closing sockets: their handles leave with reason
+	// shutdown, after the grace period, unless they reconnect elsewhere.
+	g.stopHeartbeats()
+	g.tracker.bye()
 	if err := g.hub.shutdown(ctx, protocol.CloseGoingAway, "going away"); err != nil {
 		g.log.Warn("closing websockets", "err", err, "left", g.hub.len())
 	}
@@ -211,14 +229,25 @@ func (g *Gateway) publish(handle, text string) error {
 // same bytes for all. It runs on the NATS subscription's goroutine and never
 // blocks on a client.
 func (g *Gateway) deliver(msg *nats.Msg) {
-	// A payload a browser would choke on never reaches one: invalid UTF-8
-	// in a text frame makes browsers drop the whole connection.
-	if !utf8.Valid(msg.Data) || !json.Valid(msg.Data) {
+	if !json.Valid(msg.Data) {
 		g.m.dropped.WithLabelValues("invalid_payload").Inc()
-		g.log.Warn("dropped invalid payload on msg", "bytes", len(msg.Data))
+		g.log.Warn("dropped invalid payload on "+protocol.SubjectMsg, "bytes", len(msg.Data))
 		return
 	}
-	n := g.hub.broadcast(compileFrame(ws.OpText, msg.Data))
-	g.m.messagesOut.Add(float64(n))
-	g.m.bytesOut.Add(float64(n * len(msg.Data)))
+	if n, ok := g.broadcast(msg.Data); ok {
+		g.m.messagesOut.Add(float64(n))
+		g.m.bytesOut.Add(float64(n * len(msg.Data)))
+	}
+}
+
+// broadcast writes a text payload to every local socket, framed once, and
+// reports to how many. A payload that is not UTF-8 never reaches a browser,
+// which would drop the whole connection over it.
+func (g *Gateway) broadcast(data []byte) (int, bool) {
+	if !utf8.Valid(data) {
+		g.m.dropped.WithLabelValues("invalid_payload").Inc()
+		g.log.Warn("dropped a payload that is not UTF-8", "bytes", len(data))
+		return 0, false
+	}
+	return g.hub.broadcast(compileFrame(ws.OpText, data)), true
 }

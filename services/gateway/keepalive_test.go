@@ -14,14 +14,14 @@ import (
 )
 
 // pipeConn serves one connection over net.Pipe inside a synctest bubble and
-// returns the client end. The connection is bound as "alice".
+// returns the client end. There is no NATS, so it binds no handle.
 func pipeConn(t *testing.T, cfg Config) (client net.Conn, done <-chan struct{}) {
 	g := New(cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})), prometheus.NewRegistry())
 	srv, cli := net.Pipe()
 	d := make(chan struct{})
 	go func() {
 		c := newConn(g, srv)
-		c.serve("alice", true, g.hub.add(c))
+		c.serve("", false, g.hub.add(c))
 		close(d)
 	}()
 	t.Cleanup(func() { cli.Close() })
