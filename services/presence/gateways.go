@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/fly-chat/chat/pkg/protocol"
@@ -117,7 +118,7 @@ func (s *State) Heartbeat(hb protocol.Heartbeat) {
 	gw.region = hb.Region
 	s.maxSeenV = max(s.maxSeenV, hb.V)
 	s.heard(gw)
-	if !gw.synced || hb.Seq != gw.seq || hb.Digest != gw.digest.String() {
+	if d, err := strconv.ParseUint(hb.Digest, 16, 64); !gw.synced || hb.Seq != gw.seq || err != nil || protocol.Digest(d) != gw.digest {
 		s.sync(gw) // new, or drifted: a Delta went missing
 	}
 }

@@ -33,7 +33,7 @@ type State struct {
 	dirty    map[string]string  // while quiet: handles changed, and the reason of the last change
 	hints    map[string]hint    // while quiet: handles gateways saw go recently
 	paused   bool               // NATS is down: silence from gateways proves nothing
-	changed  chan struct{}      // closed and replaced when a gateway's state advances
+	changed  chan struct{}      // closed when a gateway's state advances, if a Roster call waits on it
 }
 
 // Outputs are how State acts on the world. They are called with the lock
@@ -73,7 +73,6 @@ func NewState(grace time.Duration, out Outputs) *State {
 		quiet:    true,
 		dirty:    make(map[string]string),
 		hints:    make(map[string]hint),
-		changed:  make(chan struct{}),
 	}
 }
 
@@ -213,8 +212,10 @@ func (s *State) notice(typ, name, reason string) {
 
 // signal wakes Roster calls waiting for a gateway to catch up.
 func (s *State) signal() {
-	close(s.changed)
-	s.changed = make(chan struct{})
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 }
 
 // Roster returns who is online. For a request from a gateway it first waits,
@@ -225,6 +226,9 @@ func (s *State) Roster(ctx context.Context, req protocol.OnlineRequest) protocol
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for ctx.Err() == nil && (s.quiet || !s.caughtUp(req)) {
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
 		ch := s.changed
 		s.mu.Unlock()
 		select {
