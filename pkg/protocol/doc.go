@@ -50,9 +50,13 @@
 //
 //	{"type":"presence","name":"online","message":"alice, bob","handles":["alice","bob"],"v":12}
 //
-// v grows by one per notice and never goes backwards. A client applies only
+// v grows by one per notice and never goes backwards. A notice may reach a
+// client before the roster it requested (they travel separately): a client
+// keeps the notices it receives until its roster arrives, then applies those
+// with a larger v than the roster's, in order. After that it applies only
 // notices with a larger v than it has, and asks "who" again when it sees a
-// gap. A handle joins with its first session on any gateway and leaves, after
+// gap. A roster lists at most MaxRosterHandles handles; its "count" is
+// always the whole number online. A handle joins with its first session on any gateway and leaves, after
 // a grace period that a reconnect cancels, with its last; leave reasons are
 // the Reason constants.
 //
@@ -73,6 +77,13 @@
 // instance of one (a restart), is synced the same way. So the steady-state
 // cost per gateway is one small heartbeat per interval, and a full copy of
 // its handles moves only when something went missing.
+//
+// A sync also says which of its handles the gateway has seen announced
+// (SyncChunk.Unconfirmed, SyncChunk.Gone). A presence service keeps no
+// storage: when it restarts it stays quiet for a warm-up, syncs every
+// gateway that heartbeats, takes v on from the largest the gateways have
+// seen, and then announces only what nobody was told: joins nobody saw,
+// leaves nobody saw.
 //
 // "Who is online" is the NATS micro service "presence" with the endpoint
 // presence.online (SubjectOnline), answering a Roster.

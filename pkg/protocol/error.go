@@ -8,7 +8,8 @@ const (
 	CodeNoHandle     = "no_handle"     // a message before the connection has a handle
 	CodeBadHandle    = "bad_handle"    // the handle breaks the rules; close 1008 follows
 	CodeEmptyMessage = "empty_message" // a message with no visible text
-	CodeUnavailable  = "unavailable"   // the gateway cannot take this right now; try again
+	CodeUnavailable  = "unavailable"   // the gateway cannot take this right now; nothing was sent; try again
+	CodeNotDelivered = "not_delivered" // a message was accepted but could not be confirmed delivered
 )
 
 // Websocket close codes the gateway uses (RFC 6455 section 7.4.1).
@@ -30,6 +31,7 @@ const ErrorName = "error"
 type Error struct {
 	Code    string // one of the Code constants
 	Message string // human-readable, shown to the user
+	CID     string // the client's id of the message this is about, if any
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -40,5 +42,9 @@ func (e *Error) AppendJSON(dst []byte) []byte {
 	dst = appendString(dst, e.Code)
 	dst = append(dst, `,"name":"`+ErrorName+`","message":`...)
 	dst = appendString(dst, e.Message)
+	if e.CID != "" {
+		dst = append(dst, `,"cid":`...)
+		dst = appendString(dst, e.CID)
+	}
 	return append(dst, '}')
 }

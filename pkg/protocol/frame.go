@@ -31,7 +31,11 @@ type ClientFrame struct {
 	Type    string `json:"type"`
 	Name    string `json:"name"`
 	Message string `json:"message"`
+	CID     string `json:"cid"` // optional: the client's id for a message, echoed back (see Message)
 }
+
+// MaxCIDBytes bounds a client message id.
+const MaxCIDBytes = 64
 
 // DecodeClient decodes one client text frame (not Ping). Its errors are
 // *Error values with CodeBadJSON or CodeUnknownType, ready to send back.
@@ -39,6 +43,9 @@ func DecodeClient(data []byte) (ClientFrame, error) {
 	var f ClientFrame
 	if err := json.Unmarshal(data, &f); err != nil {
 		return f, decodeError(err)
+	}
+	if len(f.CID) > MaxCIDBytes {
+		return f, &Error{Code: CodeBadJSON, Message: "cid is longer than 64 bytes"}
 	}
 	switch f.Type {
 	case TypeMessage, TypeStatus, TypeWho:
@@ -67,6 +74,7 @@ type Message struct {
 	Name    string // the sender's handle
 	Message string // the text, as the sender wrote it
 	TS      int64  // the accepting gateway's clock, unix milliseconds
+	CID     string // the sender's own id for it, if it gave one: how it recognises its message
 }
 
 // AppendJSON appends m's wire form, the "message" frame, to dst.
@@ -79,6 +87,35 @@ func (m Message) AppendJSON(dst []byte) []byte {
 	dst = appendString(dst, m.Message)
 	dst = append(dst, `,"ts":`...)
 	dst = strconv.AppendInt(dst, m.TS, 10)
+	if m.CID != "" {
+		dst = append(dst, `,"cid":`...)
+		dst = appendString(dst, m.CID)
+	}
+	return append(dst, '}')
+}
+
+// Status is the gateway telling its clients about its link to the rest of
+// the chat: {"type":"status","state":"reconnecting","name":"server","message":"…"}.
+type Status struct {
+	State   string // StateReconnecting or StateConnected
+	Message string
+}
+
+// Status states.
+const (
+	StateReconnecting = "reconnecting"
+	StateConnected    = "connected"
+)
+
+// StatusName is the "name" of status frames.
+const StatusName = "server"
+
+// AppendJSON appends s's wire form to dst.
+func (s Status) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"type":"status","state":`...)
+	dst = appendString(dst, s.State)
+	dst = append(dst, `,"name":"`+StatusName+`","message":`...)
+	dst = appendString(dst, s.Message)
 	return append(dst, '}')
 }
 
@@ -95,7 +132,9 @@ type ServerFrame struct {
 	Reason  string   `json:"reason,omitempty"`  // leave
 	V       uint64   `json:"v,omitempty"`       // join, leave, presence
 	Handles []string `json:"handles,omitempty"` // presence
+	Count   int      `json:"count,omitempty"`   // presence
 	State   string   `json:"state,omitempty"`   // status
+	CID     string   `json:"cid,omitempty"`     // message, error
 }
 
 // DecodeServer decodes a gateway → client frame.

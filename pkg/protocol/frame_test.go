@@ -31,6 +31,8 @@ func TestDecodeClient(t *testing.T) {
 		{in: `hello`, wantCode: CodeBadJSON},
 		{in: ``, wantCode: CodeBadJSON},
 		{in: `{"type":"message","message":"hi"} {}`, wantCode: CodeBadJSON},
+		{in: `{"type":"message","message":"hi","cid":"c-1"}`, want: ClientFrame{Type: "message", Message: "hi", CID: "c-1"}},
+		{in: `{"type":"message","message":"hi","cid":"` + strings.Repeat("x", 65) + `"}`, wantCode: CodeBadJSON},
 	}
 	for _, tt := range tests {
 		got, err := DecodeClient([]byte(tt.in))
@@ -60,6 +62,21 @@ func TestMessageAppendJSON(t *testing.T) {
 	}
 	if f.Type != TypeMessage || f.ID != m.ID || f.Name != m.Name || f.Message != m.Message || f.TS != m.TS {
 		t.Fatalf("round trip: %+v", f)
+	}
+}
+
+func TestCIDIsEchoed(t *testing.T) {
+	m := string(Message{ID: "a", Name: "b", Message: "c", TS: 1, CID: "x1"}.AppendJSON(nil))
+	if want := `{"type":"message","id":"a","name":"b","message":"c","ts":1,"cid":"x1"}`; m != want {
+		t.Errorf("message %s, want %s", m, want)
+	}
+	e := string((&Error{Code: CodeUnavailable, Message: "m", CID: "x1"}).AppendJSON(nil))
+	if want := `{"type":"error","code":"unavailable","name":"error","message":"m","cid":"x1"}`; e != want {
+		t.Errorf("error %s, want %s", e, want)
+	}
+	st := string(Status{State: StateReconnecting, Message: "hold on"}.AppendJSON(nil))
+	if want := `{"type":"status","state":"reconnecting","name":"server","message":"hold on"}`; st != want {
+		t.Errorf("status %s, want %s", st, want)
 	}
 }
 
@@ -115,11 +132,11 @@ func FuzzDecodeClient(f *testing.F) {
 // FuzzMessageAppendJSON checks the hand-written encoder against
 // encoding/json: always valid JSON, and it decodes to what was encoded.
 func FuzzMessageAppendJSON(f *testing.F) {
-	f.Add("id", "alice", "hi", int64(1))
-	f.Add("", "é", "<script>\u2028\x00\"\\", int64(-1))
-	f.Add("x", "\xff", "a\xc3", int64(1<<62))
-	f.Fuzz(func(t *testing.T, id, name, text string, ts int64) {
-		b := Message{ID: id, Name: name, Message: text, TS: ts}.AppendJSON(nil)
+	f.Add("id", "alice", "hi", int64(1), "")
+	f.Add("", "é", "<script>\u2028\x00\"\\", int64(-1), "c")
+	f.Add("x", "\xff", "a\xc3", int64(1<<62), "\xfe")
+	f.Fuzz(func(t *testing.T, id, name, text string, ts int64, cid string) {
+		b := Message{ID: id, Name: name, Message: text, TS: ts, CID: cid}.AppendJSON(nil)
 		if !json.Valid(b) {
 			t.Fatalf("not valid JSON: %q", b)
 		}
@@ -127,8 +144,8 @@ func FuzzMessageAppendJSON(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := Message{ID: utf8Valid(id), Name: utf8Valid(name), Message: utf8Valid(text), TS: ts}
-		if got.Type != TypeMessage || got.ID != want.ID || got.Name != want.Name || got.Message != want.Message || got.TS != want.TS {
+		want := Message{ID: utf8Valid(id), Name: utf8Valid(name), Message: utf8Valid(text), TS: ts, CID: utf8Valid(cid)}
+		if got.Type != TypeMessage || got.ID != want.ID || got.Name != want.Name || got.Message != want.Message || got.TS != want.TS || got.CID != want.CID {
 			t.Fatalf("round trip: got %+v, want %+v", got, want)
 		}
 	})

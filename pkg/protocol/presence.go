@@ -6,6 +6,24 @@ import (
 	"strings"
 )
 
+// HeaderMsgID is the NATS header carrying a chat message's id on SubjectMsg
+// and replays, so gateways can drop duplicates without decoding the payload.
+const HeaderMsgID = "Chat-Msg-Id"
+
+// SubjectReplay is where a gateway that lost NATS asks the others for what
+// it missed: a ReplayRequest. They answer on ReplaySubject(requester) with
+// the messages they accepted since, each as it was on SubjectMsg.
+const SubjectReplay = "chat.replay"
+
+// ReplaySubject is where gateway gw receives replayed messages.
+func ReplaySubject(gw string) string { return SubjectReplay + "." + gw }
+
+// ReplayRequest asks for every message accepted since SinceMS (unix ms).
+type ReplayRequest struct {
+	Gateway string `json:"gw"`
+	SinceMS int64  `json:"since"`
+}
+
 // Subjects of the presence protocol (see the package doc).
 const (
 	SubjectEvents     = "presence.events" // presence → everyone: join and leave frames
@@ -96,11 +114,18 @@ func (n Notice) AppendJSON(dst []byte) []byte {
 }
 
 // Roster is who is online at version V: the presence service's answer on
-// SubjectOnline, {"handles":[...],"v":N}, handles sorted.
+// SubjectOnline, {"handles":[...],"count":N,"v":N}, handles sorted. A
+// roster lists at most MaxRosterHandles handles (the first, in order);
+// Count is always the whole number online.
 type Roster struct {
 	Handles []string `json:"handles"`
+	Count   int      `json:"count"`
 	V       uint64   `json:"v"`
 }
+
+// MaxRosterHandles caps the handles one roster lists, so it fits a NATS
+// message and a websocket frame however many are online.
+const MaxRosterHandles = 10_000
 
 // rosterMessageHandles caps how many handles the readable message lists.
 const rosterMessageHandles = 50
@@ -115,8 +140,8 @@ func (r Roster) AppendClientJSON(dst []byte) []byte {
 	switch {
 	case len(r.Handles) == 0:
 		msg = "nobody"
-	case len(shown) < len(r.Handles):
-		msg += " and " + strconv.Itoa(len(r.Handles)-len(shown)) + " more"
+	case len(shown) < r.Count:
+		msg += " and " + strconv.Itoa(r.Count-len(shown)) + " more"
 	}
 	dst = appendString(dst, msg)
 	dst = append(dst, `,"handles":[`...)
@@ -126,7 +151,9 @@ func (r Roster) AppendClientJSON(dst []byte) []byte {
 		}
 		dst = appendString(dst, h)
 	}
-	dst = append(dst, `],"v":`...)
+	dst = append(dst, `],"count":`...)
+	dst = strconv.AppendInt(dst, int64(r.Count), 10)
+	dst = append(dst, `,"v":`...)
 	dst = strconv.AppendUint(dst, r.V, 10)
 	return append(dst, '}')
 }
@@ -169,22 +196,29 @@ type Bye struct {
 // SyncChunk is part of a gateway's full state, sent in answer to a request
 // on its SyncSubject: Parts chunks of the same Instance and Seq, so a big
 // gateway never exceeds the NATS payload limit.
+//
+// Besides its sessions, a gateway reports what it has seen announced, which
+// is how a presence service that lost its memory (a restart) knows what
+// everyone has been told: Unconfirmed lists handles with sessions here whose
+// join it has not seen (no join notice, and no roster listing them, since
+// their first session here), and Gone lists handles whose last session here
+// ended without it seeing their leave.
 type SyncChunk struct {
-	Gateway    string         `json:"gw"`
-	Instance   string         `json:"inst"`
-	Region     string         `json:"region,omitempty"`
-	IntervalMS int64          `json:"iv"`
-	Seq        uint64         `json:"seq"`
-	V          uint64         `json:"v"`
-	Part       int            `json:"part"`  // 0-based
-	Parts      int            `json:"parts"` // at least 1
-	Handles    map[string]int `json:"handles"`
-	Gone       []Gone         `json:"gone,omitempty"`
+	Gateway     string         `json:"gw"`
+	Instance    string         `json:"inst"`
+	Region      string         `json:"region,omitempty"`
+	IntervalMS  int64          `json:"iv"`
+	Seq         uint64         `json:"seq"`
+	V           uint64         `json:"v"`
+	Part        int            `json:"part"`  // 0-based
+	Parts       int            `json:"parts"` // at least 1
+	Handles     map[string]int `json:"handles"`
+	Unconfirmed []string       `json:"unconfirmed,omitempty"`
+	Gone        []Gone         `json:"gone,omitempty"`
 }
 
-// Gone is a handle whose last session on a gateway ended recently. A
-// presence service that restarts learns from it which leaves the previous
-// one may not have announced yet.
+// Gone is a handle whose last session on a gateway ended AgoMS ago, and
+// whose leave that gateway has not seen announced.
 type Gone struct {
 	Handle string `json:"h"`
 	Reason string `json:"r"`

@@ -19,8 +19,8 @@ func TestNoticeAppendJSON(t *testing.T) {
 }
 
 func TestRosterAppendClientJSON(t *testing.T) {
-	got := string(Roster{Handles: []string{"alice", "bob"}, V: 7}.AppendClientJSON(nil))
-	if want := `{"type":"presence","name":"online","message":"alice, bob","handles":["alice","bob"],"v":7}`; got != want {
+	got := string(Roster{Handles: []string{"alice", "bob"}, Count: 2, V: 7}.AppendClientJSON(nil))
+	if want := `{"type":"presence","name":"online","message":"alice, bob","handles":["alice","bob"],"count":2,"v":7}`; got != want {
 		t.Errorf("got %s, want %s", got, want)
 	}
 	empty, _ := DecodeServer(Roster{V: 1}.AppendClientJSON(nil))
@@ -31,8 +31,8 @@ func TestRosterAppendClientJSON(t *testing.T) {
 	for i := range 60 {
 		many = append(many, fmt.Sprintf("u%d", i))
 	}
-	f, err := DecodeServer(Roster{Handles: many, V: 2}.AppendClientJSON(nil))
-	if err != nil || len(f.Handles) != 60 || !strings.HasSuffix(f.Message, "u49 and 10 more") {
+	f, err := DecodeServer(Roster{Handles: many, Count: 1000, V: 2}.AppendClientJSON(nil))
+	if err != nil || len(f.Handles) != 60 || f.Count != 1000 || !strings.HasSuffix(f.Message, "u49 and 950 more") {
 		t.Errorf("long roster: %v %q", err, f.Message)
 	}
 }

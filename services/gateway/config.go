@@ -32,6 +32,9 @@ type Config struct {
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: budget for a graceful stop
 
 	HeartbeatInterval time.Duration // HEARTBEAT_INTERVAL: how often presence hears from this gateway
+	DeliveryTimeout   time.Duration // DELIVERY_TIMEOUT: how long an accepted message is retried before its sender is told
+	ReplayWindow      time.Duration // REPLAY_WINDOW: how far back messages are kept for gateways that lost NATS
+	ShutdownBatch     int           // SHUTDOWN_BATCH: sockets closed at a time on shutdown
 
 	Log ops.LogConfig // LOG_LEVEL, LOG_FORMAT
 
@@ -67,6 +70,9 @@ func (c *Config) register(l *envflag.Loader) {
 	l.Duration(&c.WriteTimeout, "WRITE_TIMEOUT", 10*time.Second, "longest a socket write may block before the client is dropped")
 	l.Duration(&c.ShutdownTimeout, "SHUTDOWN_TIMEOUT", 10*time.Second, "budget for closing sockets and draining NATS on SIGTERM")
 	l.Duration(&c.HeartbeatInterval, "HEARTBEAT_INTERVAL", 2*time.Second, "how often the gateway tells presence it is alive; 3 missed make its users leave")
+	l.Duration(&c.DeliveryTimeout, "DELIVERY_TIMEOUT", 10*time.Second, "how long an accepted message is republished until NATS confirms it; then its sender gets not_delivered")
+	l.Duration(&c.ReplayWindow, "REPLAY_WINDOW", time.Minute, "how far back this gateway keeps its messages for gateways that lost NATS and ask for a replay")
+	l.Int(&c.ShutdownBatch, "SHUTDOWN_BATCH", 500, "sockets closed at a time on shutdown, 100ms apart, so clients reconnect elsewhere gradually")
 	c.Log.Register(l)
 	c.MachineID = l.Env("FLY_MACHINE_ID")
 	c.Region = l.Env("FLY_REGION")
@@ -87,6 +93,9 @@ func (c Config) validate() error {
 	check(c.WriteTimeout > 0, "WRITE_TIMEOUT must be positive")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
 	check(c.HeartbeatInterval >= 10*time.Millisecond, "HEARTBEAT_INTERVAL must be at least 10ms")
+	check(c.DeliveryTimeout > ackTimeout, "DELIVERY_TIMEOUT must be longer than 1s")
+	check(c.ReplayWindow >= 0, "REPLAY_WINDOW must not be negative")
+	check(c.ShutdownBatch > 0, "SHUTDOWN_BATCH must be positive")
 	check(c.MachineID == "" || protocol.ValidID(c.MachineID), "FLY_MACHINE_ID must be letters, digits, - and _")
 	if err := c.Log.Validate(); err != nil {
 		problems = append(problems, err.Error())

@@ -106,6 +106,9 @@ func (c *conn) serve(handle string, hasHandle, registered bool) {
 	// Armed only once the field is set, so checkAlive always sees it.
 	c.keepalive = time.AfterFunc(math.MaxInt64, c.checkAlive)
 	c.keepalive.Reset(g.cfg.PingInterval)
+	if g.natsDown.Load() {
+		c.send(reconnectingFrame)
+	}
 	if hasHandle {
 		c.bind(handle)
 	}
@@ -267,7 +270,7 @@ func (c *conn) handleText(msg []byte) {
 			c.bind(f.Name)
 		}
 	case protocol.TypeMessage:
-		c.message(f.Message)
+		c.message(f.Message, f.CID)
 	case protocol.TypeWho:
 		c.sendRoster(c.g.tracker.seqNow(), true)
 	}
@@ -297,9 +300,13 @@ func (c *conn) sendRoster(seq uint64, asked bool) {
 	if !c.rosterBusy.CompareAndSwap(false, true) {
 		return
 	}
+	handle := c.handle // read here: the reader goroutine may bind it meanwhile
 	go func() {
 		defer c.rosterBusy.Store(false)
 		r, err := c.g.roster(seq)
+		if err == nil && handle != "" {
+			c.g.tracker.confirmed(handle, r)
+		}
 		if err != nil {
 			c.g.log.Warn("roster request failed", "remote", c.remote, "err", err)
 			if asked {
@@ -312,17 +319,17 @@ func (c *conn) sendRoster(seq uint64, asked bool) {
 }
 
 // message relays a chat message through NATS. The sender sees it when NATS
-// delivers it back, like everyone else.
-func (c *conn) message(text string) {
+// delivers it back, like everyone else; errors name the client's cid.
+func (c *conn) message(text, cid string) {
 	switch {
 	case c.handle == "":
-		c.sendError(&protocol.Error{Code: protocol.CodeNoHandle, Message: "choose a handle before sending messages"})
+		c.sendError(&protocol.Error{Code: protocol.CodeNoHandle, CID: cid, Message: "choose a handle before sending messages"})
 	case strings.TrimSpace(text) == "":
-		c.sendError(&protocol.Error{Code: protocol.CodeEmptyMessage, Message: "message is empty"})
+		c.sendError(&protocol.Error{Code: protocol.CodeEmptyMessage, CID: cid, Message: "message is empty"})
 	default:
-		if err := c.g.publish(c.handle, text); err != nil {
-			c.g.log.Warn("publish failed", "remote", c.remote, "err", err)
-			c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, Message: "message not sent: chat is unavailable, try again"})
+		if err := c.g.relay.send(c, c.handle, text, cid); err != nil {
+			c.g.log.Debug("message refused", "remote", c.remote, "err", err)
+			c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, CID: cid, Message: "message not sent: chat is reconnecting, try again"})
 		}
 	}
 }

@@ -6,7 +6,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -86,9 +86,12 @@ type Gateway struct {
 	upgrader ws.HTTPUpgrader
 	nc       *nats.Conn // set by Connect, before any connection is accepted
 	tracker  *tracker   // set by Connect
-	inst     string     // this process's instance id, new every start
+	relay    *relay
+	inst     string // this process's instance id, new every start
 
-	stopHeartbeats context.CancelFunc // set by Connect
+	natsDown       atomic.Bool        // clients have been told the gateway is reconnecting
+	downTimer      *time.Timer        // tells them, if NATS stays away; guarded by the NATS callbacks' goroutine
+	stopBackground context.CancelFunc // stops heartbeats and the relay's ticker; set by Connect
 	draining       chan struct{}      // closed when shutdown starts
 }
 
@@ -98,7 +101,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Gateway {
 	if id == "" {
 		id = nuid.Next()
 	}
-	return &Gateway{
+	g := &Gateway{
 		cfg:  cfg,
 		id:   id,
 		inst: nuid.Next(),
@@ -111,6 +114,8 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Gateway {
 		},
 		draining: make(chan struct{}),
 	}
+	g.relay = newRelay(g)
+	return g
 }
 
 // Ready reports why the gateway cannot take traffic, or nil.
@@ -130,7 +135,8 @@ func (g *Gateway) Ready() error {
 // down too: the connection keeps trying, and /readyz says so meanwhile.
 func (g *Gateway) Connect() error {
 	nc, err := natsconn.Connect(g.cfg.NATS, "chat-gateway/"+g.id, g.log, natsconn.Hooks{
-		Reconnected: g.m.natsReconnects.Inc,
+		Disconnected: g.lostNATS,
+		Reconnected:  g.regainedNATS,
 	})
 	if err != nil {
 		return fmt.Errorf("nats: %w", err)
@@ -138,9 +144,11 @@ func (g *Gateway) Connect() error {
 	g.nc = nc
 	g.tracker = newTracker(nc, g.log, g.id, g.inst, g.cfg.Region, g.cfg.HeartbeatInterval)
 	for subject, handler := range map[string]nats.MsgHandler{
-		protocol.SubjectMsg:        g.deliver,
-		protocol.SubjectEvents:     g.deliverNotice,
-		protocol.SyncSubject(g.id): g.tracker.answerSync,
+		protocol.SubjectMsg:          g.relay.deliver,
+		protocol.ReplaySubject(g.id): g.relay.deliver,
+		protocol.SubjectReplay:       g.relay.answerReplay,
+		protocol.SubjectEvents:       g.deliverNotice,
+		protocol.SyncSubject(g.id):   g.tracker.answerSync,
 	} {
 		if _, err := nc.Subscribe(subject, handler); err != nil {
 			nc.Close()
@@ -156,9 +164,49 @@ func (g *Gateway) Connect() error {
 		g.log.Warn("NATS subscription not confirmed", "err", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g.stopHeartbeats = cancel
+	g.stopBackground = cancel
 	go g.tracker.run(ctx)
+	go g.relay.run(ctx)
 	return nil
+}
+
+// reconnectNotice is how long NATS may be away before clients are told:
+// a failover to another node usually takes less, and is not news.
+const reconnectNotice = 500 * time.Millisecond
+
+var (
+	reconnectingFrame = compileFrame(ws.OpText, protocol.Status{State: protocol.StateReconnecting,
+		Message: "connection to the chat lost, reconnecting…"}.AppendJSON(nil))
+	connectedFrame = compileFrame(ws.OpText, protocol.Status{State: protocol.StateConnected,
+		Message: "reconnected"}.AppendJSON(nil))
+)
+
+// lostNATS runs when the NATS connection drops. Websockets stay open; new
+// messages are refused until it is back; clients hear of it if it lasts.
+func (g *Gateway) lostNATS() {
+	g.relay.lost()
+	if g.downTimer != nil {
+		g.downTimer.Stop()
+	}
+	g.downTimer = time.AfterFunc(reconnectNotice, func() {
+		if !g.nc.IsConnected() && !g.natsDown.Swap(true) {
+			g.hub.broadcast(reconnectingFrame)
+		}
+	})
+}
+
+// regainedNATS runs when NATS is back: pending messages go out again, the
+// other gateways are asked for what this one missed, and clients that were
+// told of the outage are told it is over.
+func (g *Gateway) regainedNATS() {
+	g.m.natsReconnects.Inc()
+	if g.downTimer != nil {
+		g.downTimer.Stop()
+	}
+	g.relay.reconnected()
+	if g.natsDown.Swap(false) {
+		g.hub.broadcast(connectedFrame)
+	}
 }
 
 // Serve serves websockets and the chat page on ln until ctx is cancelled,
@@ -194,9 +242,9 @@ func (g *Gateway) shutdown(srv *http.Server) error {
 	}
 	// Tell presence before closing sockets: their handles leave with reason
 	// shutdown, after the grace period, unless they reconnect elsewhere.
-	g.stopHeartbeats()
+	g.stopBackground()
 	g.tracker.bye()
-	if err := g.hub.shutdown(ctx, protocol.CloseGoingAway, "going away"); err != nil {
+	if err := g.hub.shutdown(ctx, protocol.CloseGoingAway, "going away", g.cfg.ShutdownBatch); err != nil {
 		g.log.Warn("closing websockets", "err", err, "left", g.hub.len())
 	}
 	closed := g.nc.StatusChanged(nats.CLOSED)
@@ -211,33 +259,6 @@ func (g *Gateway) shutdown(srv *http.Server) error {
 	}
 	g.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 	return nil
-}
-
-// publish stamps a client's message and publishes it to NATS.
-func (g *Gateway) publish(handle, text string) error {
-	m := protocol.Message{ID: nuid.Next(), Name: handle, Message: text, TS: time.Now().UnixMilli()}
-	payload := m.AppendJSON(nil)
-	if err := g.nc.Publish(protocol.SubjectMsg, payload); err != nil {
-		return err
-	}
-	g.m.messagesIn.Inc()
-	g.m.bytesIn.Add(float64(len(payload)))
-	return nil
-}
-
-// deliver writes one "msg" payload to every local socket: framed once, the
-// same bytes for all. It runs on the NATS subscription's goroutine and never
-// blocks on a client.
-func (g *Gateway) deliver(msg *nats.Msg) {
-	if !json.Valid(msg.Data) {
-		g.m.dropped.WithLabelValues("invalid_payload").Inc()
-		g.log.Warn("dropped invalid payload on "+protocol.SubjectMsg, "bytes", len(msg.Data))
-		return
-	}
-	if n, ok := g.broadcast(msg.Data); ok {
-		g.m.messagesOut.Add(float64(n))
-		g.m.bytesOut.Add(float64(n * len(msg.Data)))
-	}
 }
 
 // broadcast writes a text payload to every local socket, framed once, and

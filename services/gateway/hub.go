@@ -3,7 +3,11 @@ package gateway
 import (
 	"context"
 	"sync"
+	"time"
 )
+
+// shutdownPause separates the batches of sockets closed on shutdown.
+const shutdownPause = 100 * time.Millisecond
 
 // hub is the registry of this gateway's connections: the broadcast target,
 // and what shutdown closes (http.Server.Shutdown does not know about
@@ -65,9 +69,10 @@ func (h *hub) broadcast(frame []byte) int {
 }
 
 // shutdown refuses new connections, queues a close frame with code for
-// every connection after what it has queued, and waits until all are gone
-// or ctx ends.
-func (h *hub) shutdown(ctx context.Context, code int, text string) error {
+// every connection after what it has queued, batch at a time with a pause
+// between (so clients reconnecting elsewhere do not all arrive at once), and
+// waits until all are gone or ctx ends.
+func (h *hub) shutdown(ctx context.Context, code int, text string, batch int) error {
 	h.mu.Lock()
 	if !h.closed {
 		h.closed = true
@@ -80,7 +85,13 @@ func (h *hub) shutdown(ctx context.Context, code int, text string) error {
 		conns = append(conns, c)
 	}
 	h.mu.Unlock()
-	for _, c := range conns {
+	for i, c := range conns {
+		if i > 0 && i%batch == 0 {
+			select {
+			case <-time.After(shutdownPause):
+			case <-ctx.Done():
+			}
+		}
 		c.sendClose(code, text, reasonShutdown, false)
 	}
 	select {

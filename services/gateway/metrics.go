@@ -13,6 +13,7 @@ type metrics struct {
 	dropped        *prometheus.CounterVec // reason
 	clientErrors   *prometheus.CounterVec // code
 	natsReconnects prometheus.Counter
+	republished    prometheus.Counter
 
 	// Children resolved once, for the per-message paths.
 	messagesIn, messagesOut, bytesIn, bytesOut prometheus.Counter
@@ -52,9 +53,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "chat_gateway_nats_reconnects_total",
 			Help: "Reconnections to NATS.",
 		}),
+		republished: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chat_gateway_republished_messages_total",
+			Help: "Messages published again because they had not come back from NATS in time.",
+		}),
 	}
 	m.messagesIn, m.messagesOut = m.messages.WithLabelValues("in"), m.messages.WithLabelValues("out")
 	m.bytesIn, m.bytesOut = m.bytes.WithLabelValues("in"), m.bytes.WithLabelValues("out")
-	reg.MustRegister(m.connections, m.upgrades, m.disconnects, m.messages, m.bytes, m.dropped, m.clientErrors, m.natsReconnects)
+	reg.MustRegister(m.connections, m.upgrades, m.disconnects, m.messages, m.bytes, m.dropped, m.clientErrors, m.natsReconnects, m.republished)
 	return m
 }

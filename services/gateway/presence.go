@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,10 +16,10 @@ import (
 	"github.com/fly-chat/chat/pkg/protocol"
 )
 
-// goneTTL is how long the tracker remembers a handle whose last session
-// here ended, for a restarting presence service to finish its leave. It
-// only needs to outlast any sane LEAVE_GRACE.
-const goneTTL = 30 * time.Second
+// goneTTL bounds how long the tracker remembers a handle whose last session
+// here ended and whose leave it has not seen announced (normally it sees it
+// within LEAVE_GRACE).
+const goneTTL = 10 * time.Minute
 
 // syncChunkBytes bounds one SyncChunk, well under NATS's 1 MiB default
 // payload limit.
@@ -37,13 +37,14 @@ type tracker struct {
 
 	lastV atomic.Uint64 // the newest notice v seen on presence.events
 
-	mu       sync.Mutex // guards the fields below; held while publishing, so Deltas leave in Seq order
-	sessions map[string]int
-	total    int // sessions over all handles
-	gone     map[string]goneHandle
-	seq      uint64
-	digest   protocol.Digest
-	closed   bool // said goodbye: nothing more is reported
+	mu          sync.Mutex // guards the fields below; held while publishing, so Deltas leave in Seq order
+	sessions    map[string]int
+	total       int                   // sessions over all handles
+	unconfirmed map[string]struct{}   // handles with sessions here whose join has not been seen announced
+	gone        map[string]goneHandle // handles gone from here, announced once, whose leave has not been seen
+	seq         uint64
+	digest      protocol.Digest
+	closed      bool // said goodbye: nothing more is reported
 }
 
 type goneHandle struct {
@@ -54,7 +55,7 @@ type goneHandle struct {
 func newTracker(nc *nats.Conn, log *slog.Logger, id, inst, region string, interval time.Duration) *tracker {
 	return &tracker{
 		nc: nc, log: log, id: id, inst: inst, region: region, interval: interval,
-		sessions: make(map[string]int), gone: make(map[string]goneHandle),
+		sessions: make(map[string]int), unconfirmed: make(map[string]struct{}), gone: make(map[string]goneHandle),
 	}
 }
 
@@ -75,12 +76,22 @@ func (t *tracker) change(handle string, delta int, reason string) uint64 {
 	n := max(old+delta, 0)
 	t.total += n - old
 	t.digest.Update(handle, old, n)
-	if n == 0 {
+	switch {
+	case n == 0:
 		delete(t.sessions, handle)
-		t.gone[handle] = goneHandle{reason: reason, at: time.Now()}
-	} else {
+		if _, never := t.unconfirmed[handle]; !never {
+			t.gone[handle] = goneHandle{reason: reason, at: time.Now()}
+		}
+		delete(t.unconfirmed, handle)
+	case old == 0:
 		t.sessions[handle] = n
-		delete(t.gone, handle)
+		if _, back := t.gone[handle]; back {
+			delete(t.gone, handle) // back before its leave: still announced
+		} else {
+			t.unconfirmed[handle] = struct{}{}
+		}
+	default:
+		t.sessions[handle] = n
 	}
 	t.seq++
 	t.publish(protocol.KindDelta, protocol.Delta{
@@ -139,31 +150,57 @@ func (t *tracker) run(ctx context.Context) {
 	}
 }
 
+// seen records a notice from presence: a join confirms the handle here, a
+// leave settles one gone from here, or unconfirms one still here (the world
+// was told it left).
+func (t *tracker) seen(typ, handle string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch typ {
+	case protocol.TypeJoin:
+		delete(t.unconfirmed, handle)
+	case protocol.TypeLeave:
+		delete(t.gone, handle)
+		if t.sessions[handle] > 0 {
+			t.unconfirmed[handle] = struct{}{}
+		}
+	}
+}
+
+// confirmed records a roster that lists handle: everyone has been told it
+// is online. A roster older than a notice already seen proves nothing.
+func (t *tracker) confirmed(handle string, r protocol.Roster) {
+	if _, listed := slices.BinarySearch(r.Handles, handle); !listed || r.V < t.lastV.Load() {
+		return
+	}
+	t.mu.Lock()
+	if t.sessions[handle] > 0 {
+		delete(t.unconfirmed, handle)
+	}
+	t.mu.Unlock()
+}
+
 // answerSync sends the full state, in chunks, to the reply subject of a
-// sync request.
+// sync request. A gateway that said goodbye answers nothing.
 func (t *tracker) answerSync(msg *nats.Msg) {
 	if msg.Reply == "" {
 		return
 	}
 	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
 	base := protocol.SyncChunk{
 		Gateway: t.id, Instance: t.inst, Region: t.region, IntervalMS: t.interval.Milliseconds(),
 		Seq: t.seq, V: t.lastV.Load(),
 	}
-	sessions := maps.Clone(t.sessions)
-	var gone []protocol.Gone
-	for h, g := range t.gone {
-		gone = append(gone, protocol.Gone{Handle: h, Reason: g.reason, AgoMS: time.Since(g.at).Milliseconds()})
-	}
+	parts := splitState(t.sessions, t.unconfirmed, t.gone, syncChunkBytes)
 	t.mu.Unlock()
 
-	parts := splitHandles(sessions, syncChunkBytes)
-	for i, part := range parts {
-		c := base
-		c.Part, c.Parts, c.Handles = i, len(parts), part
-		if i == 0 {
-			c.Gone = gone
-		}
+	for i, c := range parts {
+		c.Gateway, c.Instance, c.Region, c.IntervalMS, c.Seq, c.V = base.Gateway, base.Instance, base.Region, base.IntervalMS, base.Seq, base.V
+		c.Part, c.Parts = i, len(parts)
 		data, err := json.Marshal(c)
 		if err == nil {
 			err = t.nc.Publish(msg.Reply, data)
@@ -175,19 +212,30 @@ func (t *tracker) answerSync(msg *nats.Msg) {
 	}
 }
 
-// splitHandles cuts a handle → sessions map into maps whose JSON stays
-// under about limit bytes each. There is always at least one.
-func splitHandles(all map[string]int, limit int) []map[string]int {
-	parts := []map[string]int{{}}
+// splitState copies the tracker's state into chunks whose JSON stays under
+// about limit bytes each. There is always at least one.
+func splitState(sessions map[string]int, unconfirmed map[string]struct{}, gone map[string]goneHandle, limit int) []protocol.SyncChunk {
+	parts := []protocol.SyncChunk{{Handles: map[string]int{}}}
 	size := 0
-	for h, n := range all {
-		entry := len(h) + 16 // quotes, escapes in the common case, colon, count, comma
-		if size+entry > limit && len(parts[len(parts)-1]) > 0 {
-			parts = append(parts, map[string]int{})
+	add := func(entry int) *protocol.SyncChunk { // entry: bytes it takes, roughly
+		if size+entry > limit && size > 0 {
+			parts = append(parts, protocol.SyncChunk{Handles: map[string]int{}})
 			size = 0
 		}
-		parts[len(parts)-1][h] = n
 		size += entry
+		return &parts[len(parts)-1]
+	}
+	for h, n := range sessions {
+		add(len(h) + 16).Handles[h] = n
+	}
+	for h := range unconfirmed {
+		c := add(len(h) + 4)
+		c.Unconfirmed = append(c.Unconfirmed, h)
+	}
+	now := time.Now()
+	for h, g := range gone {
+		c := add(len(h) + 40)
+		c.Gone = append(c.Gone, protocol.Gone{Handle: h, Reason: g.reason, AgoMS: now.Sub(g.at).Milliseconds()})
 	}
 	return parts
 }
@@ -238,6 +286,7 @@ func (g *Gateway) roster(seq uint64) (protocol.Roster, error) {
 func (g *Gateway) deliverNotice(msg *nats.Msg) {
 	var n struct {
 		Type string `json:"type"`
+		Name string `json:"name"`
 		V    uint64 `json:"v"`
 	}
 	if err := json.Unmarshal(msg.Data, &n); err != nil || n.Type != protocol.TypeJoin && n.Type != protocol.TypeLeave {
@@ -248,5 +297,6 @@ func (g *Gateway) deliverNotice(msg *nats.Msg) {
 	if n.V > g.tracker.lastV.Load() { // only this subscription's goroutine writes it
 		g.tracker.lastV.Store(n.V)
 	}
+	g.tracker.seen(n.Type, n.Name)
 	g.broadcast(msg.Data)
 }

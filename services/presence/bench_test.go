@@ -19,7 +19,7 @@ func benchGateways(b *testing.B, gateways, perGateway int) (*State, []protocol.H
 	var notices int
 	s := NewState(3*time.Second, Outputs{
 		Notice: func(protocol.Notice) { notices++ },
-		Sync:   func(string) {},
+		Sync:   func(string, string) {},
 		Lost:   func(gw string) { b.Errorf("gateway %s lost during the benchmark", gw) },
 	})
 	s.endQuiet()

@@ -26,11 +26,12 @@ type gateway struct {
 	heardAt  time.Time
 	lost     *time.Timer
 
-	seq     uint64          // of the last Delta applied
-	digest  protocol.Digest // of counts
-	counts  map[string]int  // handle → sessions on this gateway
-	synced  bool            // counts came from a full sync, and no Delta has been missed since
-	syncing bool            // a sync is under way
+	seq        uint64          // of the last Delta applied
+	digest     protocol.Digest // of counts
+	counts     map[string]int  // handle → sessions on this gateway
+	synced     bool            // counts came from a full sync, and no Delta has been missed since
+	everSynced bool            // a full sync of this instance has been applied
+	syncing    bool            // a sync is under way
 	pending []protocol.Delta
 }
 
@@ -41,13 +42,16 @@ const defaultInterval = 2 * time.Second
 // lookup returns the gateway instance a message is from, creating it, or
 // replacing an older instance of the same gateway: a restarted gateway's
 // old sessions are gone, with a grace period for their reconnects. It
-// returns nil for a message from an instance already replaced.
+// returns nil for a message from an instance already replaced or gone.
 func (s *State) lookup(id, inst string) *gateway {
 	gw := s.gateways[id]
 	switch {
 	case gw != nil && gw.inst == inst:
 		return gw
 	case gw != nil && gw.prevInst == inst:
+		return nil
+	}
+	if _, ok := s.ended[inst]; ok {
 		return nil
 	}
 	prev := ""
@@ -118,8 +122,12 @@ func (s *State) Heartbeat(hb protocol.Heartbeat) {
 	gw.region = hb.Region
 	s.maxSeenV = max(s.maxSeenV, hb.V)
 	s.heard(gw)
-	if d, err := strconv.ParseUint(hb.Digest, 16, 64); !gw.synced || hb.Seq != gw.seq || err != nil || protocol.Digest(d) != gw.digest {
-		s.sync(gw) // new, or drifted: a Delta went missing
+	// A heartbeat older than the last sync (it travelled separately) says
+	// nothing; one ahead, or one that disagrees at the same Seq, means a
+	// Delta went missing.
+	d, err := strconv.ParseUint(hb.Digest, 16, 64)
+	if !gw.synced || hb.Seq > gw.seq || hb.Seq == gw.seq && (err != nil || protocol.Digest(d) != gw.digest) {
+		s.sync(gw)
 	}
 }
 
@@ -172,6 +180,12 @@ func (s *State) apply(gw *gateway, d protocol.Delta) {
 func (s *State) Bye(b protocol.Bye) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for inst, at := range s.ended {
+		if time.Since(at) > 10*time.Minute {
+			delete(s.ended, inst)
+		}
+	}
+	s.ended[b.Instance] = time.Now()
 	if gw := s.gateways[b.Gateway]; gw != nil && gw.inst == b.Instance {
 		s.dropGateway(gw, protocol.ReasonShutdown, true)
 	}
@@ -180,25 +194,41 @@ func (s *State) Bye(b protocol.Bye) {
 func (s *State) sync(gw *gateway) {
 	if !gw.syncing {
 		gw.syncing = true
-		s.out.Sync(gw.id)
+		s.out.Sync(gw.id, gw.inst)
 	}
 }
 
 // Synced applies a gateway's full state: every chunk of one answer, merged.
+// Only the answer to a sync under way counts: one for a gateway since
+// dropped or replaced, or older than what was applied since, is ignored.
 func (s *State) Synced(c protocol.SyncChunk) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	gw := s.lookup(c.Gateway, c.Instance)
-	if gw == nil {
+	gw := s.gateways[c.Gateway]
+	if gw == nil || gw.inst != c.Instance || !gw.syncing {
 		return
 	}
 	gw.syncing = false
+	if c.Seq < gw.seq {
+		return // the next heartbeat asks again
+	}
 	if iv := time.Duration(c.IntervalMS) * time.Millisecond; iv >= 10*time.Millisecond {
 		gw.interval = iv
 	}
 	gw.region = c.Region
 	s.maxSeenV = max(s.maxSeenV, c.V)
 	s.heard(gw)
+
+	// When presence knows nothing of this gateway's past (it is warming up
+	// after a restart, or this is the instance's first sync), the gateway's
+	// word decides what everyone has been told: handles it saw announced
+	// are not announced again, and leaves it did not see are still due.
+	trusted := s.quiet || !gw.everSynced
+	gw.everSynced = true
+	unconfirmed := make(map[string]bool, len(c.Unconfirmed))
+	for _, name := range c.Unconfirmed {
+		unconfirmed[name] = true
+	}
 
 	for _, name := range slices.Sorted(maps.Keys(gw.counts)) { // notices in a stable order
 		if c.Handles[name] <= 0 {
@@ -215,19 +245,25 @@ func (s *State) Synced(c protocol.SyncChunk) {
 		old := gw.counts[name]
 		gw.counts[name] = n
 		gw.digest.Update(name, 0, n)
+		if trusted && !unconfirmed[name] {
+			s.markAnnounced(name)
+		}
 		if n != old {
 			s.adjust(name, n-old, protocol.ReasonClosed, true)
 		}
-		if s.quiet { // what was online before a restart was announced then
-			s.setAnnounced(s.handles[name], true)
-		}
 	}
-	if s.quiet {
+	if trusted {
 		now := time.Now()
 		for _, g := range c.Gone {
 			at := now.Add(-time.Duration(g.AgoMS) * time.Millisecond)
-			if g.AgoMS < s.grace.Milliseconds() && at.After(s.hints[g.Handle].at) {
-				s.hints[g.Handle] = hint{reason: g.Reason, at: at}
+			if s.quiet {
+				if at.After(s.hints[g.Handle].at) {
+					s.hints[g.Handle] = hint{reason: g.Reason, at: at}
+				}
+				continue
+			}
+			if h := s.handles[g.Handle]; h == nil || !h.announced && h.sessions == 0 {
+				s.scheduleLeave(g.Handle, s.markAnnounced(g.Handle), g.Reason, s.grace-now.Sub(at))
 			}
 		}
 	}
@@ -253,12 +289,12 @@ func (s *State) Synced(c protocol.SyncChunk) {
 	s.signal()
 }
 
-// SyncFailed notes that a gateway did not answer a sync; its next heartbeat
-// asks again.
-func (s *State) SyncFailed(id string) {
+// SyncFailed notes that a gateway instance did not answer a sync; its next
+// heartbeat asks again.
+func (s *State) SyncFailed(id, inst string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if gw := s.gateways[id]; gw != nil {
+	if gw := s.gateways[id]; gw != nil && gw.inst == inst {
 		gw.syncing = false
 	}
 }

@@ -27,7 +27,11 @@ func (p *Service) online(req micro.Request) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), rosterWait)
 		defer cancel()
-		roster := p.state.Roster(ctx, r)
+		roster, err := p.state.Roster(ctx, r)
+		if err != nil {
+			req.Error("503", "presence is "+err.Error(), nil)
+			return
+		}
 		data, _ := json.Marshal(roster)
 		if max := p.nc.MaxPayload(); int64(len(data)) > max {
 			req.Error("413", "roster larger than the NATS payload limit", nil)

@@ -2,6 +2,8 @@ package presence
 
 import (
 	"context"
+	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -30,18 +32,26 @@ type State struct {
 	v        uint64             // of the last notice
 	maxSeenV uint64             // the largest v gateways report having seen
 	quiet    bool               // warming up: changes are applied, not announced
-	dirty    map[string]string  // while quiet: handles changed, and the reason of the last change
-	hints    map[string]hint    // while quiet: handles gateways saw go recently
+	dirty    map[string]change  // while quiet: handles changed, and how the last change would be announced
+	hints    map[string]hint    // while quiet: handles gateways saw go without seeing their leave
 	paused   bool               // NATS is down: silence from gateways proves nothing
 	changed  chan struct{}      // closed when a gateway's state advances, if a Roster call waits on it
+	ended    map[string]time.Time // instances that said goodbye, and when: their late messages are ignored
+	roster   []string           // announced handles, sorted; nil when it must be rebuilt
+}
+
+// change is how a handle's last change while quiet is to be announced.
+type change struct {
+	reason string
+	grace  bool
 }
 
 // Outputs are how State acts on the world. They are called with the lock
 // held and must not block or call back into State.
 type Outputs struct {
-	Notice func(protocol.Notice) // publish a join or leave
-	Sync   func(gateway string)  // ask a gateway for its full state; answer with Synced or SyncFailed
-	Lost   func(gateway string)  // a gateway stopped heartbeating (for logs and metrics)
+	Notice func(protocol.Notice)      // publish a join or leave
+	Sync   func(gateway, inst string) // ask a gateway instance for its full state; answer with Synced or SyncFailed
+	Lost   func(gateway string)       // a gateway stopped heartbeating (for logs and metrics)
 }
 
 type handle struct {
@@ -71,8 +81,9 @@ func NewState(grace time.Duration, out Outputs) *State {
 		gateways: make(map[string]*gateway),
 		handles:  make(map[string]*handle),
 		quiet:    true,
-		dirty:    make(map[string]string),
+		dirty:    make(map[string]change),
 		hints:    make(map[string]hint),
+		ended:    make(map[string]time.Time),
 	}
 }
 
@@ -91,23 +102,19 @@ func (s *State) endQuiet() {
 	}
 	s.quiet = false
 	s.v = max(s.v, s.maxSeenV)
-	// A handle that went shortly before the restart, and is not back, had
-	// a leave pending in the previous process: finish it.
-	for name, hn := range s.hints {
-		h := s.handles[name]
-		if h != nil && (h.sessions > 0 || h.announced) {
-			continue
+	// A handle a gateway saw go, without seeing its leave, was announced:
+	// if it is back, nothing happened; if not, its leave is due.
+	for _, name := range slices.Sorted(maps.Keys(s.hints)) { // notices in a stable order
+		hn := s.hints[name]
+		h := s.markAnnounced(name)
+		if h.sessions == 0 && h.leave == nil {
+			s.scheduleLeave(name, h, hn.reason, s.grace-time.Since(hn.at))
 		}
-		if h == nil {
-			h = &handle{}
-			s.handles[name] = h
-		}
-		s.setAnnounced(h, true)
-		s.scheduleLeave(name, h, hn.reason, s.grace-time.Since(hn.at))
 	}
-	for name, reason := range s.dirty {
+	for _, name := range slices.Sorted(maps.Keys(s.dirty)) {
+		ch := s.dirty[name]
 		if h := s.handles[name]; h != nil {
-			s.reconcile(name, h, reason, true)
+			s.reconcile(name, h, ch.reason, ch.grace)
 		}
 	}
 	clear(s.dirty)
@@ -142,7 +149,7 @@ func (s *State) adjust(name string, delta int, reason string, grace bool) {
 func (s *State) reconcile(name string, h *handle, reason string, grace bool) {
 	switch {
 	case s.quiet:
-		s.dirty[name] = reason
+		s.dirty[name] = change{reason, grace}
 		if h.sessions == 0 && !h.announced {
 			delete(s.handles, name)
 		}
@@ -193,11 +200,24 @@ func (s *State) announceLeave(name string, h *handle, reason string) {
 	s.notice(protocol.TypeLeave, name, reason)
 }
 
+// markAnnounced records, without a notice, that everyone has been told
+// name is online.
+func (s *State) markAnnounced(name string) *handle {
+	h := s.handles[name]
+	if h == nil {
+		h = &handle{}
+		s.handles[name] = h
+	}
+	s.setAnnounced(h, true)
+	return h
+}
+
 func (s *State) setAnnounced(h *handle, on bool) {
 	if h.announced == on {
 		return
 	}
 	h.announced = on
+	s.roster = nil
 	if on {
 		s.online++
 	} else {
@@ -218,11 +238,14 @@ func (s *State) signal() {
 	}
 }
 
+// ErrWarmingUp is Roster's answer while State is still quiet.
+var ErrWarmingUp = errors.New("warming up")
+
 // Roster returns who is online. For a request from a gateway it first waits,
 // until ctx ends at the latest, for that gateway's Deltas up to req.Seq, so a
 // client's own connect is in its roster; and while State is quiet it waits
-// for the warm-up to end.
-func (s *State) Roster(ctx context.Context, req protocol.OnlineRequest) protocol.Roster {
+// for the warm-up to end, or fails with ErrWarmingUp.
+func (s *State) Roster(ctx context.Context, req protocol.OnlineRequest) (protocol.Roster, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for ctx.Err() == nil && (s.quiet || !s.caughtUp(req)) {
@@ -237,14 +260,20 @@ func (s *State) Roster(ctx context.Context, req protocol.OnlineRequest) protocol
 		}
 		s.mu.Lock()
 	}
-	r := protocol.Roster{Handles: make([]string, 0, s.online), V: s.v}
-	for name, h := range s.handles {
-		if h.announced {
-			r.Handles = append(r.Handles, name)
-		}
+	if s.quiet {
+		return protocol.Roster{}, ErrWarmingUp
 	}
-	slices.Sort(r.Handles)
-	return r
+	if s.roster == nil { // rebuilt only after the announced set changed
+		s.roster = make([]string, 0, s.online)
+		for name, h := range s.handles {
+			if h.announced {
+				s.roster = append(s.roster, name)
+			}
+		}
+		slices.Sort(s.roster)
+	}
+	// The cached slice is never written again, so it can be shared.
+	return protocol.Roster{Handles: s.roster[:min(len(s.roster), protocol.MaxRosterHandles)], Count: s.online, V: s.v}, nil
 }
 
 func (s *State) caughtUp(req protocol.OnlineRequest) bool {

@@ -3,6 +3,7 @@ package presence
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -23,7 +24,7 @@ type recorder struct {
 func (r *recorder) outputs() Outputs {
 	return Outputs{
 		Notice: func(n protocol.Notice) { r.mu.Lock(); r.notices = append(r.notices, n); r.mu.Unlock() },
-		Sync:   func(gw string) { r.mu.Lock(); r.syncs = append(r.syncs, gw); r.mu.Unlock() },
+		Sync:   func(gw, _ string) { r.mu.Lock(); r.syncs = append(r.syncs, gw); r.mu.Unlock() },
 		Lost:   func(gw string) { r.mu.Lock(); r.lost = append(r.lost, gw); r.mu.Unlock() },
 	}
 }
@@ -94,8 +95,11 @@ func (g *fakeGateway) heartbeat() protocol.Heartbeat {
 	return protocol.Heartbeat{Gateway: g.id, Instance: g.inst, IntervalMS: g.interval.Milliseconds(), Seq: g.seq, Digest: g.digest.String()}
 }
 
+// full is the gateway's sync answer. Its handles are all unconfirmed: it
+// has seen none of them announced.
 func (g *fakeGateway) full() protocol.SyncChunk {
-	return protocol.SyncChunk{Gateway: g.id, Instance: g.inst, IntervalMS: g.interval.Milliseconds(), Seq: g.seq, Parts: 1, Handles: g.counts}
+	return protocol.SyncChunk{Gateway: g.id, Instance: g.inst, IntervalMS: g.interval.Milliseconds(), Seq: g.seq, Parts: 1,
+		Handles: g.counts, Unconfirmed: slices.Sorted(maps.Keys(g.counts))}
 }
 
 // set changes a handle's sessions and sends the delta.
@@ -147,7 +151,7 @@ func TestComebackWithinGraceIsSilent(t *testing.T) {
 		b.set("alice", 1, "")
 		time.Sleep(2 * grace)
 		expect(t, r)
-		if got := s.Roster(context.Background(), protocol.OnlineRequest{}); !slices.Equal(got.Handles, []string{"alice"}) || got.V != 1 {
+		if got, err := s.Roster(context.Background(), protocol.OnlineRequest{}); err != nil || !slices.Equal(got.Handles, []string{"alice"}) || got.V != 1 {
 			t.Fatalf("roster %+v", got)
 		}
 	})
@@ -292,8 +296,9 @@ func TestDeltaDuringSync(t *testing.T) {
 }
 
 // A restarted presence service rebuilds its state from gateways without a
-// word, continues v from what gateways saw, and finishes the leaves its
-// predecessor was waiting on.
+// word, continues v from what gateways saw, and finishes the leaves nobody
+// saw announced: its predecessor's pending ones, and those that happened
+// while no presence ran.
 func TestWarmupAnnouncesNothingThatDidNotChange(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := &recorder{}
@@ -306,17 +311,17 @@ func TestWarmupAnnouncesNothingThatDidNotChange(t *testing.T) {
 		hb.V = 12
 		s.Heartbeat(hb)
 		full := a.full()
-		full.V = 12
+		full.V, full.Unconfirmed = 12, nil // the gateway saw alice and bob announced
 		full.Gone = []protocol.Gone{{Handle: "dave", Reason: protocol.ReasonClosed, AgoMS: 1000}, {Handle: "erin", Reason: protocol.ReasonClosed, AgoMS: 60000}}
 		s.Synced(full)
 		time.Sleep(3 * time.Second)
-		expect(t, r, "leave dave closed 13") // dave went 4 s ago, past his grace; erin's leave was long announced
-		roster := s.Roster(context.Background(), protocol.OnlineRequest{})
-		if !slices.Equal(roster.Handles, []string{"alice", "bob"}) || roster.V != 13 {
+		expect(t, r, "leave dave closed 13", "leave erin closed 14") // both went more than a grace period ago
+		roster, _ := s.Roster(context.Background(), protocol.OnlineRequest{})
+		if !slices.Equal(roster.Handles, []string{"alice", "bob"}) || roster.V != 14 {
 			t.Fatalf("roster %+v", roster)
 		}
 		a.set("carol", 1, "")
-		expect(t, r, "join carol 14")
+		expect(t, r, "join carol 15")
 	})
 }
 
@@ -326,7 +331,7 @@ func TestWarmupDefersChanges(t *testing.T) {
 		r := &recorder{}
 		s := NewState(grace, r.outputs())
 		s.Warmup(3 * time.Second)
-		a := newGateway(t, s, r, "a", map[string]int{"alice": 1})
+		a := quietGateway(t, s, r, "a", map[string]int{"alice": 1}, nil, nil) // alice was announced before the restart
 		a.set("bob", 1, "")
 		a.set("alice", 0, protocol.ReasonClosed)
 		time.Sleep(time.Second)
@@ -346,7 +351,8 @@ func TestRosterWaitsForTheAskingGateway(t *testing.T) {
 		a := newGateway(t, s, r, "a", nil)
 		got := make(chan protocol.Roster)
 		go func() {
-			got <- s.Roster(context.Background(), protocol.OnlineRequest{Gateway: "a", Instance: "a-1", Seq: 1})
+			r, _ := s.Roster(context.Background(), protocol.OnlineRequest{Gateway: "a", Instance: "a-1", Seq: 1})
+			got <- r
 		}()
 		synctest.Wait()
 		select {
@@ -373,5 +379,144 @@ func TestByeLeavesWithShutdown(t *testing.T) {
 		b.set("bob", 1, "")
 		time.Sleep(grace)
 		expect(t, r, "leave alice shutdown 3")
+	})
+}
+
+// quietGateway introduces a gateway to a State that is warming up.
+func quietGateway(t *testing.T, s *State, r *recorder, id string, counts map[string]int, unconfirmed []string, gone []protocol.Gone) *fakeGateway {
+	t.Helper()
+	g := &fakeGateway{s: s, id: id, inst: id + "-1", counts: map[string]int{}, interval: 2 * time.Second}
+	for h, n := range counts {
+		g.counts[h] = n
+		g.digest.Update(h, 0, n)
+	}
+	s.Heartbeat(g.heartbeat())
+	r.takeSyncs()
+	full := g.full()
+	full.Unconfirmed, full.Gone = unconfirmed, gone
+	s.Synced(full)
+	return g
+}
+
+// After a restart, a join that happened while no presence ran (nobody saw
+// it) is announced; one everybody saw is not.
+func TestRestartAnnouncesJoinsNobodySaw(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &recorder{}
+		s := NewState(grace, r.outputs())
+		s.Warmup(3 * time.Second)
+		quietGateway(t, s, r, "a", map[string]int{"alice": 1, "bob": 1}, []string{"bob"}, nil)
+		quietGateway(t, s, r, "b", map[string]int{"bob": 1}, []string{"bob"}, nil)
+		time.Sleep(3 * time.Second)
+		expect(t, r, "join bob 1")
+	})
+}
+
+// A refresh during the warm-up: the gateway she left saw no leave, the one
+// she came back on has not confirmed her yet. Nothing happened, so nothing
+// is said.
+func TestRefreshDuringWarmupIsSilent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &recorder{}
+		s := NewState(grace, r.outputs())
+		s.Warmup(3 * time.Second)
+		quietGateway(t, s, r, "a", nil, nil, []protocol.Gone{{Handle: "alice", Reason: protocol.ReasonClosed, AgoMS: 500}})
+		quietGateway(t, s, r, "b", map[string]int{"alice": 1}, []string{"alice"}, nil)
+		time.Sleep(4 * time.Second) // past the warm-up, and past her grace
+		expect(t, r)
+	})
+}
+
+// A gateway that is only synced after the warm-up (its heartbeat came late)
+// is believed about what was announced, like one synced during it.
+func TestLateGatewayIsBelieved(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, r := started(t)
+		late := &fakeGateway{s: s, id: "late", inst: "late-1", counts: map[string]int{"alice": 1, "carol": 1}, interval: 2 * time.Second}
+		late.digest.Update("alice", 0, 1)
+		late.digest.Update("carol", 0, 1)
+		s.Heartbeat(late.heartbeat())
+		full := late.full()
+		full.Unconfirmed = []string{"carol"}
+		full.Gone = []protocol.Gone{{Handle: "dave", Reason: protocol.ReasonTimeout, AgoMS: 1000}}
+		s.Synced(full)
+		expect(t, r, "join carol 1")
+		time.Sleep(grace - time.Second)
+		expect(t, r, "leave dave timeout 2")
+	})
+}
+
+// A sync answer that arrives after its gateway said goodbye does not bring
+// the gateway back.
+func TestSyncAfterByeIsIgnored(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, r := started(t)
+		a := newGateway(t, s, r, "a", map[string]int{"alice": 1})
+		expect(t, r, "join alice 1")
+		hb := a.heartbeat()
+		hb.Digest = "0" // drift: presence asks for a sync
+		s.Heartbeat(hb)
+		if got := r.takeSyncs(); !slices.Equal(got, []string{"a"}) {
+			t.Fatalf("syncs %v", got)
+		}
+		s.Bye(protocol.Bye{Gateway: "a", Instance: a.inst})
+		s.Synced(a.full()) // the answer, late
+		s.Heartbeat(a.heartbeat())
+		time.Sleep(grace)
+		expect(t, r, "leave alice shutdown 2")
+		if st := s.Stats(); st.Gateways != 0 {
+			t.Fatalf("%d gateways after the goodbye", st.Gateways)
+		}
+	})
+}
+
+// A snapshot older than what was applied since is ignored; so is a
+// heartbeat older than the last snapshot.
+func TestStaleSnapshotAndHeartbeatAreIgnored(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, r := started(t)
+		a := newGateway(t, s, r, "a", nil)
+		old := a.heartbeat()
+		stale := a.full() // seq 0, nobody
+		a.set("alice", 1, "")
+		expect(t, r, "join alice 1")
+		hb := a.heartbeat()
+		hb.Digest = "0"
+		s.Heartbeat(hb)
+		r.takeSyncs()
+		s.Synced(stale)
+		expect(t, r)
+		s.Heartbeat(old)
+		if got := r.takeSyncs(); got != nil {
+			t.Fatalf("an old heartbeat asked for syncs %v", got)
+		}
+	})
+}
+
+// A gateway lost during the warm-up is announced when it ends, at once.
+func TestGatewayLostDuringWarmupLeavesAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &recorder{}
+		s := NewState(grace, r.outputs())
+		s.Warmup(10 * time.Second)
+		quietGateway(t, s, r, "a", map[string]int{"alice": 1}, nil, nil)
+		time.Sleep(10 * time.Second) // a is lost after 6.5 s, quietly
+		expect(t, r, "leave alice gateway-lost 1")
+	})
+}
+
+// A roster lists at most MaxRosterHandles, and counts them all.
+func TestRosterIsCapped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, r := started(t)
+		counts := map[string]int{}
+		for i := range protocol.MaxRosterHandles + 5 {
+			counts[fmt.Sprintf("u%05d", i)] = 1
+		}
+		newGateway(t, s, r, "a", counts)
+		ro, err := s.Roster(context.Background(), protocol.OnlineRequest{})
+		if err != nil || len(ro.Handles) != protocol.MaxRosterHandles || ro.Count != protocol.MaxRosterHandles+5 || ro.Handles[0] != "u00000" {
+			t.Fatalf("roster of %d handles, count %d, first %q: %v", len(ro.Handles), ro.Count, ro.Handles[0], err)
+		}
 	})
 }

@@ -12,13 +12,16 @@ import (
 
 // requestSync asks a gateway for its full state, in the background; the
 // state hears the answer through Synced or SyncFailed.
-func (p *Service) requestSync(gw string) {
+func (p *Service) requestSync(gw, inst string) {
 	go func() {
 		c, err := p.fetchSync(gw)
+		if err == nil && c.Instance != inst {
+			err = errors.New("answered by another instance")
+		}
 		if err != nil {
 			p.m.syncs.WithLabelValues("failed").Inc()
 			p.log.Warn("sync failed", "gateway", gw, "err", err)
-			p.state.SyncFailed(gw)
+			p.state.SyncFailed(gw, inst)
 			return
 		}
 		p.m.syncs.WithLabelValues("ok").Inc()
@@ -65,6 +68,7 @@ func (p *Service) fetchSync(gw string) (protocol.SyncChunk, error) {
 			return all, errors.New("sync chunks of different snapshots")
 		default:
 			maps.Copy(all.Handles, c.Handles)
+			all.Unconfirmed = append(all.Unconfirmed, c.Unconfirmed...)
 			all.Gone = append(all.Gone, c.Gone...)
 		}
 		seen[c.Part] = true
