@@ -32,7 +32,7 @@ type gateway struct {
 	synced     bool            // counts came from a full sync, and no Delta has been missed since
 	everSynced bool            // a full sync of this instance has been applied
 	syncing    bool            // a sync is under way
-	pending []protocol.Delta
+	pending    []protocol.Delta
 }
 
 // defaultInterval is assumed for a gateway presence has not heard a

@@ -26,18 +26,18 @@ type State struct {
 
 	mu       sync.Mutex
 	gateways map[string]*gateway
-	handles  map[string]*handle // every handle with sessions or announced
-	sessions int                // over all handles
-	online   int                // handles announced
-	v        uint64             // of the last notice
-	maxSeenV uint64             // the largest v gateways report having seen
-	quiet    bool               // warming up: changes are applied, not announced
-	dirty    map[string]change  // while quiet: handles changed, and how the last change would be announced
-	hints    map[string]hint    // while quiet: handles gateways saw go without seeing their leave
-	paused   bool               // NATS is down: silence from gateways proves nothing
-	changed  chan struct{}      // closed when a gateway's state advances, if a Roster call waits on it
+	handles  map[string]*handle   // every handle with sessions or announced
+	sessions int                  // over all handles
+	online   int                  // handles announced
+	v        uint64               // of the last notice
+	maxSeenV uint64               // the largest v gateways report having seen
+	quiet    bool                 // warming up: changes are applied, not announced
+	dirty    map[string]change    // while quiet: handles changed, and how the last change would be announced
+	hints    map[string]hint      // while quiet: handles gateways saw go without seeing their leave
+	paused   bool                 // NATS is down: silence from gateways proves nothing
+	changed  chan struct{}        // closed when a gateway's state advances, if a Roster call waits on it
 	ended    map[string]time.Time // instances that said goodbye, and when: their late messages are ignored
-	roster   []string           // announced handles, sorted; nil when it must be rebuilt
+	roster   []string             // announced handles, sorted; nil when it must be rebuilt
 }
 
 // change is how a handle's last change while quiet is to be announced.
