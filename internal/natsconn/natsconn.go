@@ -57,7 +57,7 @@ type Hooks struct {
 
 // Connect returns a connection that is connected or trying to be: it never
 // gives up, so a service can start before NATS does and ride out outages.
-// Reconnects back off exponentially with jitter, to at most maxBackoff, and
+// Reconnects back off exponentially with jitter, to at most MaxBackoff, and
 // resolve the servers' names again, so nodes that came or went are seen.
 func Connect(c Config, name string, log *slog.Logger, hooks Hooks) (*nats.Conn, error) {
 	servers := c.Servers()
@@ -110,15 +110,14 @@ func Connect(c Config, name string, log *slog.Logger, hooks Hooks) (*nats.Conn, 
 	return nats.Connect(strings.Join(servers, ","), opts...)
 }
 
-// maxBackoff caps the wait between reconnect rounds. It stays well under
-// three heartbeat intervals, so after an outage every gateway is back before
-// presence could think it lost.
-const maxBackoff = 2 * time.Second
+// MaxBackoff caps the wait between reconnect rounds: after an outage, every
+// service is back within about this long of NATS.
+const MaxBackoff = 2 * time.Second
 
 // backoff is the wait after the attempts-th failed round over every server:
-// 100ms doubling to maxBackoff, with full jitter in its upper half so a
+// 100ms doubling to MaxBackoff, with full jitter in its upper half so a
 // fleet does not reconnect in lockstep.
 func backoff(attempts int) time.Duration {
-	d := min(100*time.Millisecond<<min(attempts, 10), maxBackoff)
+	d := min(100*time.Millisecond<<min(attempts, 10), MaxBackoff)
 	return d/2 + rand.N(d/2+1)
 }

@@ -198,7 +198,7 @@ func TestBackoffGrowsWithJitterAndIsCapped(t *testing.T) {
 	seen := map[time.Duration]bool{}
 	for range 100 {
 		d := backoff(50)
-		if d < maxBackoff/2 || d > maxBackoff {
+		if d < MaxBackoff/2 || d > MaxBackoff {
 			t.Fatalf("backoff(50) = %v", d)
 		}
 		seen[d] = true

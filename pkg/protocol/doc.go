@@ -13,14 +13,16 @@
 // # Client → gateway
 //
 //	{"type":"status","name":"alice","message":"is now online"}
-//	{"type":"message","message":"hi"}
+//	{"type":"message","message":"hi","cid":"m-17"}
 //	{"type":"who"}
 //
 // A connection has one handle, bound once: from the upgrade URL's ?handle=
 // query parameter, else from the name of the first "status" frame. A later
 // status frame changes nothing and is never relayed. The "name" of a
 // "message" frame is ignored: a message is always shown under the handle of
-// the connection that sent it. Unknown fields are ignored.
+// the connection that sent it. The optional "cid" (up to 64 bytes) is the
+// client's own id for a message: it comes back in the stamped message, and
+// in any error frame about it. Unknown fields are ignored.
 //
 // # Gateway → client
 //
@@ -30,12 +32,21 @@
 //
 //	{"type":"message","id":"<unique>","name":"alice","message":"hi","ts":1733300000000}
 //	{"type":"error","code":"bad_json","name":"error","message":"malformed JSON: ..."}
+//	{"type":"status","state":"reconnecting","name":"server","message":"..."}
+//
+// A status frame says the gateway lost NATS ("reconnecting": messages are
+// refused with error "unavailable" meanwhile, nothing is queued behind the
+// client's back) or has it back ("connected").
 //
 // A "message" frame is also exactly what travels on the NATS subject "msg"
 // (SubjectMsg): the gateway that accepted it stamps the handle, a unique id
 // and its clock in unix milliseconds, and every gateway writes the payload
-// unchanged to its sockets. Later frame types (join, leave, presence,
-// status) follow the same rule.
+// unchanged to its sockets; its id also travels in the header HeaderMsgID.
+// A gateway republishes a message until it sees it come back on "msg", and
+// drops ids it has delivered already; one that lost NATS asks the others for
+// what they accepted meanwhile (SubjectReplay). A message that cannot be
+// confirmed within the gateway's delivery timeout earns its sender a
+// "not_delivered" error frame with its cid.
 //
 // # Presence
 //

@@ -112,3 +112,40 @@ func TestBinary(t *testing.T) {
 		})
 	}
 }
+
+// While a gateway drains, /readyz answers 503, so load balancers stop
+// sending it new clients before its sockets are closed.
+func TestReadyzIs503WhileDraining(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	g := startGateway(t, ns.ClientURL())
+	join(t, g, "silent") // never answers the close frame: the drain waits for it
+	if code := status(t, g.ops+"/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz %d before the drain", code)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- g.Stop() }()
+	deadline := time.Now().Add(wait)
+	for status(t, g.ops+"/readyz") != http.StatusServiceUnavailable {
+		select {
+		case <-stopped:
+			t.Fatal("stopped without /readyz ever saying 503")
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz never said 503")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func status(t *testing.T, url string) int {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fly-chat/chat/internal/natsconn"
 	"github.com/fly-chat/chat/pkg/protocol"
 )
 
@@ -66,12 +67,15 @@ func (s *State) lookup(id, inst string) *gateway {
 }
 
 // heard notes a sign of life from gw and re-arms its lost timer.
-func (s *State) heard(gw *gateway) {
-	gw.heardAt = time.Now()
+func (s *State) heard(gw *gateway) { s.arm(gw, time.Now()) }
+
+// arm counts gw's silence from at, and re-arms its lost timer.
+func (s *State) arm(gw *gateway, at time.Time) {
+	gw.heardAt = at
 	if s.paused {
 		return
 	}
-	d := s.lostDeadline(gw)
+	d := time.Until(at) + s.lostDeadline(gw)
 	if gw.lost != nil {
 		gw.lost.Reset(d)
 		return
@@ -312,13 +316,14 @@ func (s *State) Pause() {
 	}
 }
 
-// Resume restarts every gateway's lost timer from now, once presence has
-// NATS again.
+// Resume restarts every gateway's lost timer, once presence has NATS again.
+// Gateways reconnect on their own schedule, up to natsconn.MaxBackoff after
+// presence does, so their silence counts from then.
 func (s *State) Resume() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.paused = false
 	for _, gw := range s.gateways {
-		s.heard(gw)
+		s.arm(gw, time.Now().Add(natsconn.MaxBackoff))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/fly-chat/chat/internal/natsconn"
 	"github.com/fly-chat/chat/pkg/protocol"
 )
 
@@ -219,10 +220,14 @@ func TestPausedPresenceLosesNoGateway(t *testing.T) {
 		s.Pause()
 		time.Sleep(time.Minute)
 		s.Resume()
-		time.Sleep(3 * a.interval)
+		// The gateway may take up to MaxBackoff longer than presence to
+		// reconnect; after that, silence counts again.
+		time.Sleep(natsconn.MaxBackoff + 3*a.interval)
 		s.Heartbeat(a.heartbeat())
 		time.Sleep(3 * a.interval)
 		expect(t, r)
+		time.Sleep(a.interval/4 + a.interval)
+		expect(t, r, "leave alice gateway-lost 2")
 	})
 }
 

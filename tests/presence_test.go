@@ -1,130 +1,15 @@
-package presence_test
+package tests
 
 import (
-	"bufio"
 	"encoding/json"
-	"maps"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"slices"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/fly-chat/chat/internal/testkit"
 	"github.com/fly-chat/chat/pkg/protocol"
-	"github.com/fly-chat/chat/services/gateway"
-	"github.com/fly-chat/chat/services/presence"
 )
-
-const (
-	wait      = 5 * time.Second
-	grace     = 500 * time.Millisecond // LEAVE_GRACE in these tests
-	heartbeat = 200 * time.Millisecond // HEARTBEAT_INTERVAL in these tests
-)
-
-// startPresence runs the presence program and waits until it is past its
-// warm-up.
-func startPresence(t *testing.T, natsURL string) *testkit.Program {
-	t.Helper()
-	p := testkit.Start(t, presence.Run, map[string]string{
-		"METRICS_ADDR": "127.0.0.1:0", "NATS_URL": natsURL, "LOG_LEVEL": "debug",
-		"LEAVE_GRACE": grace.String(), "WARMUP": (2 * heartbeat).String(),
-	}, "presence listening")
-	waitReady(t, "http://"+p.Attrs["ops_addr"]+"/readyz")
-	return p
-}
-
-func waitReady(t *testing.T, url string) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never ready", url)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// startGateway runs a gateway program in-process; it returns the websocket
-// URL prefix, to which a handle is appended.
-func startGateway(t *testing.T, natsURL string, env ...map[string]string) (*testkit.Program, string) {
-	t.Helper()
-	e := map[string]string{
-		"HOST": "127.0.0.1", "PORT": "0", "METRICS_ADDR": "127.0.0.1:0", "NATS_URL": natsURL,
-		"HEARTBEAT_INTERVAL": heartbeat.String(), "LOG_LEVEL": "debug",
-	}
-	for _, o := range env {
-		maps.Copy(e, o)
-	}
-	p := testkit.Start(t, gateway.Run, e, "gateway listening")
-	return p, "ws://" + p.Attrs["addr"] + "/ws?handle="
-}
-
-// user is a connected client that knows the newest v it has seen.
-type user struct {
-	*testkit.Client
-	t *testing.T
-	v uint64
-}
-
-// connect dials url+handle and waits for the roster that follows binding.
-func connect(t *testing.T, url, handle string) (*user, protocol.ServerFrame) {
-	t.Helper()
-	u := &user{Client: testkit.Dial(t, url+handle), t: t}
-	r := u.Expect("roster", wait, isType(protocol.TypePresence))
-	u.v = r.V
-	return u, r
-}
-
-// notice returns the next join or leave this user receives that is newer
-// than what it has: as the protocol tells clients, notices already covered
-// by the roster (v not larger) are skipped.
-func (u *user) notice() protocol.ServerFrame {
-	u.t.Helper()
-	f := u.Expect("a notice", wait, func(f protocol.ServerFrame) bool {
-		return (f.Type == protocol.TypeJoin || f.Type == protocol.TypeLeave) && f.V > u.v
-	})
-	u.v = f.V
-	return f
-}
-
-// expectNext checks that the next notice is exactly this one, numbered one
-// past the last this user saw: so nothing was announced in between.
-func (u *user) expectNext(typ, name, reason string) protocol.ServerFrame {
-	u.t.Helper()
-	want := u.v + 1
-	f := u.notice()
-	if f.Type != typ || f.Name != name || f.Reason != reason || f.V != want {
-		u.t.Fatalf("next notice %s %s %q v%d, want %s %s %q v%d", f.Type, f.Name, f.Reason, f.V, typ, name, reason, want)
-	}
-	return f
-}
-
-// who asks for the roster and returns it.
-func (u *user) who() protocol.ServerFrame {
-	u.t.Helper()
-	u.Send(`{"type":"who"}`)
-	return u.Expect("roster", wait, isType(protocol.TypePresence))
-}
-
-func isType(typ string) func(protocol.ServerFrame) bool {
-	return func(f protocol.ServerFrame) bool { return f.Type == typ }
-}
 
 func TestJoinReachesOtherGatewaysAtOnce(t *testing.T) {
 	ns := testkit.StartNATS(t)
@@ -207,7 +92,8 @@ func TestRefreshWithinGraceIsSilent(t *testing.T) {
 func TestKilledGatewaysUsersLeave(t *testing.T) {
 	ns := testkit.StartNATS(t)
 	startPresence(t, ns.ClientURL())
-	killA, a := startGatewayProcess(t, ns.ClientURL())
+	pa := startGatewayProcess(t, ns.ClientURL())
+	a := pa.url
 	_, b := startGateway(t, ns.ClientURL())
 	bob, _ := connect(t, b, "bob")
 	connect(t, a, "alice")
@@ -217,7 +103,7 @@ func TestKilledGatewaysUsersLeave(t *testing.T) {
 	connect(t, b, "carol") // carol is on both
 
 	killed := time.Now()
-	killA()
+	pa.cmd.Process.Signal(syscall.SIGKILL)
 	bob.expectNext(protocol.TypeLeave, "alice", protocol.ReasonGatewayLost)
 	if d := time.Since(killed); d > 3*heartbeat+time.Second {
 		t.Fatalf("alice left %v after her gateway died", d)
@@ -308,83 +194,5 @@ func TestMicroService(t *testing.T) {
 	msg, err = nc.Request(protocol.SubjectOnline, []byte("{}"), wait)
 	if err != nil || json.Unmarshal(msg.Data, &r) != nil || !slices.Equal(r.Handles, []string{"alice"}) || r.V != 1 {
 		t.Fatalf("%s: %v %s", protocol.SubjectOnline, err, msgData(msg))
-	}
-}
-
-func msgData(m *nats.Msg) string {
-	if m == nil {
-		return ""
-	}
-	return string(m.Data)
-}
-
-var (
-	buildOnce  sync.Once
-	gatewayBin string
-	buildErr   error
-)
-
-// startGatewayProcess runs the real gateway binary, so it can be killed
-// without a goodbye. It returns the kill function and the websocket URL
-// prefix.
-func startGatewayProcess(t *testing.T, natsURL string) (kill func(), url string) {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "gateway-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		gatewayBin = filepath.Join(dir, "gateway")
-		out, err := exec.Command("go", "build", "-o", gatewayBin, "github.com/fly-chat/chat/services/gateway/cmd/gateway").CombinedOutput()
-		if err != nil {
-			buildErr = err
-			t.Logf("%s", out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("building the gateway: %v", buildErr)
-	}
-	cmd := exec.Command(gatewayBin)
-	cmd.Env = []string{"HOST=127.0.0.1", "PORT=0", "METRICS_ADDR=127.0.0.1:0", "NATS_URL=" + natsURL, "HEARTBEAT_INTERVAL=" + heartbeat.String()}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := make(chan string, 1)
-	go func() {
-		re := regexp.MustCompile(`msg="gateway listening" addr=(\S+)`)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				addr <- m[1]
-			}
-		}
-	}()
-	select {
-	case a := <-addr:
-		return func() { cmd.Process.Signal(syscall.SIGKILL) }, "ws://" + a + "/ws?handle="
-	case <-time.After(wait):
-		t.Fatal("gateway process did not start")
-	}
-	return nil, ""
-}
-
-// Every setting the presence service reads is documented in the README.
-func TestREADMEListsEverySetting(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	section := string(readme)[strings.Index(string(readme), "### Presence"):]
-	for _, s := range presence.Settings() {
-		if !strings.Contains(section, "`"+s.Env+"`") {
-			t.Errorf("README's presence section does not list %s", s.Env)
-		}
 	}
 }
