@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -79,3 +80,32 @@ func invisible(r rune) bool {
 	// Unassigned (Cn) is every code point in no category at all.
 	return !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S)
 }
+
+// Range is an inclusive range of code points.
+type Range [2]rune
+
+var ranges = sync.OnceValues(func() (disallowed, marks []Range) {
+	add := func(rs []Range, r rune) []Range {
+		if n := len(rs); n > 0 && rs[n-1][1] == r-1 {
+			rs[n-1][1] = r
+			return rs
+		}
+		return append(rs, Range{r, r})
+	}
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		if invisible(r) {
+			disallowed = add(disallowed, r)
+		}
+		if unicode.In(r, unicode.Mn, unicode.Me) {
+			marks = add(marks, r)
+		}
+	}
+	return disallowed, marks
+})
+
+// HandleRanges returns, as sorted ranges, the code points a handle may not
+// contain and those it may not start with: exactly what NormalizeHandle
+// checks, from the same Unicode tables. A client that applies them (after
+// trimming and NFC, and with the length and reserved-name rules) agrees with
+// the server about every handle, whatever Unicode version it was built with.
+func HandleRanges() (disallowed, leadingMarks []Range) { return ranges() }

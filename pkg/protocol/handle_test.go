@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -85,4 +86,33 @@ func FuzzNormalizeHandle(f *testing.F) {
 			t.Fatalf("not idempotent: %q → %q → %q, %v", s, h, again, err)
 		}
 	})
+}
+
+// HandleRanges says exactly what NormalizeHandle does about each code point.
+func TestHandleRangesAgreeWithNormalizeHandle(t *testing.T) {
+	disallowed, marks := HandleRanges()
+	in := func(rs []Range, r rune) bool {
+		for _, x := range rs {
+			if r >= x[0] && r <= x[1] {
+				return true
+			}
+		}
+		return false
+	}
+	for r := rune(0x20); r <= unicode.MaxRune; r += 7 {
+		if r >= 0xd800 && r <= 0xdfff {
+			continue
+		}
+		_, errInside := NormalizeHandle("a" + string(r) + "b")
+		_, errFirst := NormalizeHandle(string(r) + "b")
+		if want := in(disallowed, r); want != (errInside != nil) {
+			t.Fatalf("%U: in disallowed %v, NormalizeHandle error %v", r, want, errInside)
+		}
+		if in(marks, r) && !in(disallowed, r) && errFirst == nil {
+			t.Fatalf("%U: a leading mark accepted", r)
+		}
+	}
+	if len(disallowed) < 100 || len(marks) < 100 {
+		t.Fatalf("suspiciously few ranges: %d, %d", len(disallowed), len(marks))
+	}
 }

@@ -2,8 +2,10 @@ package gateway_test
 
 import (
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -193,31 +195,56 @@ func isMessage(f protocol.ServerFrame) bool { return f.Type == protocol.TypeMess
 func deadline() time.Time { return time.Now().Add(wait) }
 
 // The page and its assets come from the gateway itself, with a policy that
-// forbids loading anything from elsewhere.
+// forbids loading anything from elsewhere. Assets are linked by content
+// version and cached for good; the page is revalidated by ETag.
 func TestPageIsServed(t *testing.T) {
 	ns := testkit.StartNATS(t)
 	g := startGateway(t, ns.ClientURL())
-	for path, ctype := range map[string]string{"/": "text/html", "/app.js": "javascript", "/style.css": "text/css"} {
-		resp, err := http.Get(g.http + path)
+	get := func(path string, header ...string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, g.http+path, nil)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || !strings.Contains(resp.Header.Get("Content-Type"), ctype) {
-			t.Errorf("GET %s: %s %s", path, resp.Status, resp.Header.Get("Content-Type"))
-		}
-		if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'self'") {
-			t.Errorf("GET %s: CSP %q", path, csp)
-		}
+		return resp
 	}
-	// A plain GET of the websocket endpoint is not an upgrade.
-	resp, err := http.Get(g.http + "/ws")
+	page := get("/")
+	if page.StatusCode != http.StatusOK || !strings.Contains(page.Header.Get("Content-Type"), "text/html") ||
+		page.Header.Get("Cache-Control") != "no-cache" || page.Header.Get("ETag") == "" ||
+		!strings.Contains(page.Header.Get("Content-Security-Policy"), "default-src 'none'") {
+		t.Fatalf("GET /: %s %v", page.Status, page.Header)
+	}
+	if again := get("/", "If-None-Match", page.Header.Get("ETag")); again.StatusCode != http.StatusNotModified {
+		t.Fatalf("revalidating the page: %s", again.Status)
+	}
+	resp, err := http.Get(g.http + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("GET /ws without upgrade: %s", resp.Status)
+	m := regexp.MustCompile(`src="(app\.js\?v=[0-9a-f]+)"`).FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("the page links no versioned app.js:\n%s", body)
+	}
+	if js := get("/" + string(m[1])); js.StatusCode != http.StatusOK || !strings.Contains(js.Header.Get("Content-Type"), "javascript") ||
+		!strings.Contains(js.Header.Get("Cache-Control"), "immutable") {
+		t.Fatalf("GET %s: %s %v", m[1], js.Status, js.Header)
+	}
+	if js := get("/app.js"); js.Header.Get("Cache-Control") != "no-cache" {
+		t.Fatalf("unversioned app.js cached: %v", js.Header)
+	}
+	if missing := get("/nope.js"); missing.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET /nope.js: %s", missing.Status)
+	}
+	// A plain GET of the websocket endpoint is not an upgrade.
+	if ws := get("/ws"); ws.StatusCode != http.StatusBadRequest {
+		t.Errorf("GET /ws without upgrade: %s", ws.Status)
 	}
 }
 
