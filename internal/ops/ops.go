@@ -78,12 +78,20 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
-// Handler serves the ops endpoints:
+// Handler serves the ops endpoints: Health's, and /metrics, the registry in
+// the Prometheus text format.
+func Handler(g prometheus.Gatherer, ready func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.Handle("/", Health(ready))
+	return mux
+}
+
+// Health serves the health endpoints, for load balancers and schedulers:
 //
 //	/healthz  200 while the process runs
 //	/readyz   200 when ready() returns nil, else 503 with its reason
-//	/metrics  the registry, in the Prometheus text format
-func Handler(g prometheus.Gatherer, ready func() error) http.Handler {
+func Health(ready func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -95,6 +103,5 @@ func Handler(g prometheus.Gatherer, ready func() error) http.Handler {
 		}
 		io.WriteString(w, "ready\n")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	return mux
 }

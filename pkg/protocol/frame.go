@@ -208,3 +208,25 @@ func truncate(s string, n int) string {
 	}
 	return strings.ToValidUTF8(s[:n], "") + "…"
 }
+
+var tsKey = []byte(`"ts":`)
+
+// MessageTS finds the server timestamp of a "message" frame without
+// decoding it. In valid JSON the bytes "ts": can only be a key: a quote
+// inside a string is always escaped.
+func MessageTS(frame []byte) (int64, bool) {
+	i := bytes.LastIndex(frame, tsKey)
+	if i < 0 {
+		return 0, false
+	}
+	var ts int64
+	n := 0
+	for _, c := range frame[i+len(tsKey):] {
+		if c < '0' || c > '9' {
+			break
+		}
+		ts = ts*10 + int64(c-'0')
+		n++
+	}
+	return ts, n > 0 && n < 19
+}

@@ -165,3 +165,17 @@ func utf8Valid(s string) string {
 	}
 	return b.String()
 }
+
+func TestMessageTS(t *testing.T) {
+	for _, m := range []Message{
+		{ID: "a", Name: "b", Message: `"ts":1`, TS: 1733300000123},
+		{ID: "a", Name: `x","ts":5`, Message: "hi", TS: 42, CID: "c"},
+	} {
+		if ts, ok := MessageTS(m.AppendJSON(nil)); !ok || ts != m.TS {
+			t.Errorf("MessageTS(%s) = %d, %v", m.AppendJSON(nil), ts, ok)
+		}
+	}
+	if _, ok := MessageTS([]byte(`{"type":"join"}`)); ok {
+		t.Error("found a ts in a frame without one")
+	}
+}

@@ -62,15 +62,15 @@ type conn struct {
 	rosterBusy atomic.Bool    // a roster request is under way
 
 	mu            sync.Mutex // guards the fields below
-	queue         net.Buffers
-	spare         net.Buffers // the writer's last batch, emptied, reused as the next queue
-	queued        int         // bytes in queue
-	inflight      int         // frames the writer is writing now
-	inflightBytes int         // and their bytes; both count against the send limits
-	writing       bool        // a flush goroutine is running, or writes are held (see newConn)
-	closing       bool        // a close frame is queued or the socket is going; nothing more is queued
-	closeBy       time.Time   // set by teardown: no write may block past it
-	closeCode     int         // what ended the connection, first cause wins
+	queue         []outFrame
+	spare         []outFrame // the writer's last batch, emptied, reused as the next queue
+	queued        int        // bytes in queue
+	inflight      int        // frames the writer is writing now
+	inflightBytes int        // and their bytes; both count against the send limits
+	writing       bool       // a flush goroutine is running, or writes are held (see newConn)
+	closing       bool       // a close frame is queued or the socket is going; nothing more is queued
+	closeBy       time.Time  // set by teardown: no write may block past it
+	closeCode     int        // what ended the connection, first cause wins
 	closeReason   string
 }
 
@@ -102,6 +102,7 @@ func (c *conn) serve(handle string, hasHandle, registered bool) {
 		return
 	}
 	g.m.connections.Inc()
+	g.log.Debug("connection opened", "remote", c.remote)
 	c.lastRead.Store(c.now())
 	// Armed only once the field is set, so checkAlive always sees it.
 	c.keepalive = time.AfterFunc(math.MaxInt64, c.checkAlive)
@@ -376,10 +377,20 @@ func (c *conn) checkAlive() {
 	c.keepalive.Reset(cfg.PongTimeout)
 }
 
-// send queues a frame for the writer. It never blocks: a client whose queue
-// is full is cut off as a slow consumer. It reports whether the frame was
-// queued.
-func (c *conn) send(frame []byte) bool {
+// outFrame is a frame queued for the writer.
+type outFrame struct {
+	b  []byte
+	ts int64 // a chat message's server timestamp (unix ms), for the latency metric; 0 for other frames
+}
+
+// send queues a frame for the writer; see enqueue.
+func (c *conn) send(frame []byte) bool { return c.enqueue(outFrame{b: frame}) }
+
+// enqueue queues a frame for the writer. It never blocks: a client whose
+// queue is full is cut off as a slow consumer. It reports whether the frame
+// was queued.
+func (c *conn) enqueue(f outFrame) bool {
+	frame := f.b
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -398,7 +409,7 @@ func (c *conn) send(frame []byte) bool {
 		c.sendClose(protocol.ClosePolicy, "slow consumer", reasonSlowConsumer, true)
 		return false
 	}
-	c.queue = append(c.queue, frame)
+	c.queue = append(c.queue, f)
 	c.queued += len(frame)
 	c.startWriter()
 	c.mu.Unlock()
@@ -423,7 +434,7 @@ func (c *conn) sendClose(code int, text, reason string, drop bool) {
 		clear(c.queue)
 		c.queue, c.queued = c.queue[:0], 0
 	}
-	c.queue = append(c.queue, frame)
+	c.queue = append(c.queue, outFrame{b: frame})
 	c.startWriter()
 	c.mu.Unlock()
 	c.nc.SetReadDeadline(time.Now().Add(closeGrace))
@@ -442,7 +453,10 @@ func (c *conn) startWriter() {
 // queued together go out in one writev.
 func (c *conn) flush() {
 	defer c.writers.Done()
-	var batch net.Buffers
+	var (
+		batch []outFrame
+		bufs  net.Buffers
+	)
 	for {
 		c.mu.Lock()
 		if batch != nil {
@@ -464,10 +478,22 @@ func (c *conn) flush() {
 		c.nc.SetWriteDeadline(deadline) // under mu, so teardown's deadline is never overwritten
 		c.mu.Unlock()
 
-		bufs := batch // WriteTo consumes its receiver
-		if _, err := bufs.WriteTo(c.nc); err != nil {
+		bufs = bufs[:0]
+		for _, f := range batch {
+			bufs = append(bufs, f.b)
+		}
+		w := bufs // WriteTo consumes its receiver
+		_, err := w.WriteTo(c.nc)
+		clear(bufs)
+		if err != nil {
 			c.writeFailed(err)
 			return
+		}
+		now := time.Now().UnixMilli()
+		for _, f := range batch {
+			if f.ts > 0 {
+				c.g.m.deliveryLatency.Observe(float64(now-f.ts) / 1000)
+			}
 		}
 	}
 }

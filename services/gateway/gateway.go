@@ -190,7 +190,7 @@ func (g *Gateway) lostNATS() {
 	}
 	g.downTimer = time.AfterFunc(reconnectNotice, func() {
 		if !g.nc.IsConnected() && !g.natsDown.Swap(true) {
-			g.hub.broadcast(reconnectingFrame)
+			g.hub.broadcast(outFrame{b: reconnectingFrame})
 		}
 	})
 }
@@ -205,7 +205,7 @@ func (g *Gateway) regainedNATS() {
 	}
 	g.relay.reconnected()
 	if g.natsDown.Swap(false) {
-		g.hub.broadcast(connectedFrame)
+		g.hub.broadcast(outFrame{b: connectedFrame})
 	}
 }
 
@@ -262,13 +262,14 @@ func (g *Gateway) shutdown(srv *http.Server) error {
 }
 
 // broadcast writes a text payload to every local socket, framed once, and
-// reports to how many. A payload that is not UTF-8 never reaches a browser,
-// which would drop the whole connection over it.
-func (g *Gateway) broadcast(data []byte) (int, bool) {
+// reports to how many. ts is a chat message's server timestamp, for the
+// latency metric, or 0. A payload that is not UTF-8 never reaches a
+// browser, which would drop the whole connection over it.
+func (g *Gateway) broadcast(data []byte, ts int64) (int, bool) {
 	if !utf8.Valid(data) {
 		g.m.dropped.WithLabelValues("invalid_payload").Inc()
 		g.log.Warn("dropped a payload that is not UTF-8", "bytes", len(data))
 		return 0, false
 	}
-	return g.hub.broadcast(compileFrame(ws.OpText, data)), true
+	return g.hub.broadcast(outFrame{b: compileFrame(ws.OpText, data), ts: ts}), true
 }

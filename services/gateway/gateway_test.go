@@ -242,6 +242,11 @@ func TestPageIsServed(t *testing.T) {
 	if missing := get("/nope.js"); missing.StatusCode != http.StatusNotFound {
 		t.Fatalf("GET /nope.js: %s", missing.Status)
 	}
+	for _, path := range []string{"/healthz", "/readyz"} { // for health checks that only reach this port
+		if r := get(path); r.StatusCode != http.StatusOK {
+			t.Errorf("GET %s on the page's port: %s", path, r.Status)
+		}
+	}
 	// A plain GET of the websocket endpoint is not an upgrade.
 	if ws := get("/ws"); ws.StatusCode != http.StatusBadRequest {
 		t.Errorf("GET /ws without upgrade: %s", ws.Status)

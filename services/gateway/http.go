@@ -8,19 +8,25 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/fly-chat/chat/internal/ops"
 	"github.com/fly-chat/chat/services/gateway/web"
 )
 
-// routes serves the chat page and its assets, and websocket upgrades on "/"
-// (where the original client connects) and "/ws".
+// routes serves the chat page and its assets, websocket upgrades on "/"
+// (where the original client connects) and "/ws", and /healthz and /readyz
+// (also on the ops listener), which platform health checks can reach only
+// on this port.
 func (g *Gateway) routes() http.Handler {
-	page := web.Handler()
+	page, health := web.Handler(), ops.Health(g.Ready)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/ws" || r.URL.Path == "/" && strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		switch {
+		case r.URL.Path == "/ws" || r.URL.Path == "/" && strings.EqualFold(r.Header.Get("Upgrade"), "websocket"):
 			g.serveWS(w, r)
-			return
+		case r.URL.Path == "/healthz" || r.URL.Path == "/readyz":
+			health.ServeHTTP(w, r)
+		default:
+			page.ServeHTTP(w, r)
 		}
-		page.ServeHTTP(w, r)
 	})
 }
 

@@ -54,14 +54,14 @@ func (h *hub) len() int {
 	return len(h.conns)
 }
 
-// broadcast queues frame, a complete websocket frame, for every connection:
+// broadcast queues f, a complete websocket frame, for every connection:
 // the same bytes for all, never blocking. It returns how many took it.
-func (h *hub) broadcast(frame []byte) int {
+func (h *hub) broadcast(f outFrame) int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	n := 0
 	for c := range h.conns {
-		if c.send(frame) {
+		if c.enqueue(f) {
 			n++
 		}
 	}

@@ -14,6 +14,9 @@ type metrics struct {
 	clientErrors   *prometheus.CounterVec // code
 	natsReconnects prometheus.Counter
 	republished    prometheus.Counter
+	// deliveryLatency is from a message's server timestamp (the accepting
+	// gateway's clock) to its write to a socket here.
+	deliveryLatency prometheus.Histogram
 
 	// Children resolved once, for the per-message paths.
 	messagesIn, messagesOut, bytesIn, bytesOut prometheus.Counter
@@ -53,6 +56,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "chat_gateway_nats_reconnects_total",
 			Help: "Reconnections to NATS.",
 		}),
+		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "chat_gateway_delivery_latency_seconds",
+			Help:    "Time from a chat message's server timestamp to its write to a socket of this gateway.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
 		republished: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chat_gateway_republished_messages_total",
 			Help: "Messages published again because they had not come back from NATS in time.",
@@ -60,6 +68,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.messagesIn, m.messagesOut = m.messages.WithLabelValues("in"), m.messages.WithLabelValues("out")
 	m.bytesIn, m.bytesOut = m.bytes.WithLabelValues("in"), m.bytes.WithLabelValues("out")
-	reg.MustRegister(m.connections, m.upgrades, m.disconnects, m.messages, m.bytes, m.dropped, m.clientErrors, m.natsReconnects, m.republished)
+	reg.MustRegister(m.connections, m.upgrades, m.disconnects, m.messages, m.bytes, m.dropped, m.clientErrors, m.natsReconnects, m.republished, m.deliveryLatency)
 	return m
 }

@@ -298,5 +298,5 @@ func (g *Gateway) deliverNotice(msg *nats.Msg) {
 		g.tracker.lastV.Store(n.V)
 	}
 	g.tracker.seen(n.Type, n.Name)
-	g.broadcast(msg.Data)
+	g.broadcast(msg.Data, 0)
 }

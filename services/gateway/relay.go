@@ -133,7 +133,8 @@ func (r *relay) deliver(msg *nats.Msg) {
 		g.log.Warn("dropped invalid payload on "+msg.Subject, "bytes", len(msg.Data))
 		return
 	}
-	if n, ok := g.broadcast(msg.Data); ok {
+	ts, _ := protocol.MessageTS(msg.Data)
+	if n, ok := g.broadcast(msg.Data, ts); ok {
 		g.m.messagesOut.Add(float64(n))
 		g.m.bytesOut.Add(float64(n * len(msg.Data)))
 	}
