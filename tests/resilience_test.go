@@ -253,7 +253,9 @@ func TestNATSOutage(t *testing.T) {
 
 	down := time.Now()
 	ns.Shutdown()
-	eventually(t, 2*time.Second, "/readyz 503", func() bool { return readyz(opsA) == http.StatusServiceUnavailable })
+	eventually(t, 2*time.Second, "/readyz 503", func() bool {
+		return readyz(opsA) == http.StatusServiceUnavailable && readyz("http://"+pp.Attrs["ops_addr"]) == http.StatusServiceUnavailable
+	})
 	eventually(t, 2*time.Second, "alice told the chat is reconnecting", func() bool {
 		var s []string
 		alice.view(func(c *chatter) { s = c.statuses })

@@ -1,6 +1,10 @@
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // metrics are the gateway's Prometheus metrics. No label carries a handle or
 // an address: cardinality stays fixed however many people chat.
@@ -68,6 +72,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.messagesIn, m.messagesOut = m.messages.WithLabelValues("in"), m.messages.WithLabelValues("out")
 	m.bytesIn, m.bytesOut = m.bytes.WithLabelValues("in"), m.bytes.WithLabelValues("out")
+	// Series a dashboard graphs exist from the start, at zero.
+	for _, r := range []string{reasonSlowConsumer, "invalid_payload", "duplicate", "not_delivered"} {
+		m.dropped.WithLabelValues(r)
+	}
+	for _, d := range []struct {
+		code   int
+		reason string
+	}{
+		{1006, reasonEOF}, {1006, reasonTimeout}, {1006, reasonWriteTimeout}, {1008, reasonSlowConsumer},
+		{1001, reasonShutdown}, {1009, reasonTooBig}, {1007, reasonInvalidUTF8}, {1003, reasonBinary},
+		{1002, reasonProtocol}, {1008, reasonBadHandle},
+	} {
+		m.disconnects.WithLabelValues(strconv.Itoa(d.code), d.reason)
+	}
+	for _, r := range []string{"ok", "rejected", "draining"} {
+		m.upgrades.WithLabelValues(r)
+	}
 	reg.MustRegister(m.connections, m.upgrades, m.disconnects, m.messages, m.bytes, m.dropped, m.clientErrors, m.natsReconnects, m.republished, m.deliveryLatency)
 	return m
 }

@@ -1,6 +1,10 @@
 package presence
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fly-chat/chat/pkg/protocol"
+)
 
 // metrics are the presence service's Prometheus metrics; no label carries a
 // handle.
@@ -35,6 +39,14 @@ func newMetrics(reg prometheus.Registerer, state func() Stats) *metrics {
 			Name: "chat_presence_nats_reconnects_total",
 			Help: "Reconnections to NATS.",
 		}),
+	}
+	// Series a dashboard graphs exist from the start, at zero.
+	m.notices.WithLabelValues(protocol.TypeJoin, "")
+	for _, r := range []string{protocol.ReasonClosed, protocol.ReasonTimeout, protocol.ReasonGatewayLost, protocol.ReasonShutdown} {
+		m.notices.WithLabelValues(protocol.TypeLeave, r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		m.syncs.WithLabelValues(r)
 	}
 	gauge := func(name, help string, f func(Stats) int) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(f(state())) })
