@@ -64,6 +64,7 @@ func startGateway(t *testing.T, natsURL string, env ...map[string]string) (*test
 	e := map[string]string{
 		"HOST": "127.0.0.1", "PORT": "0", "METRICS_ADDR": "127.0.0.1:0", "NATS_URL": natsURL,
 		"HEARTBEAT_INTERVAL": heartbeat.String(), "LOG_LEVEL": "debug",
+		"RATE_LIMIT": "1e6", "RATE_BURST": "1000000", // these tests send faster than people
 	}
 	for _, o := range env {
 		maps.Copy(e, o)

@@ -53,6 +53,11 @@ func (l *Loader) Int(p *int, env string, def int, help string) {
 	l.declare((*intValue)(p), env, strconv.Itoa(def), help)
 }
 
+// Float declares a decimal number setting.
+func (l *Loader) Float(p *float64, env string, def float64, help string) {
+	l.declare((*floatValue)(p), env, strconv.FormatFloat(def, 'g', -1, 64), help)
+}
+
 // Duration declares a duration setting, written as Go durations: "3s", "250ms".
 func (l *Loader) Duration(p *time.Duration, env string, def time.Duration, help string) {
 	l.declare((*durationValue)(p), env, def.String(), help)
@@ -100,6 +105,18 @@ func (v *intValue) Set(s string) error {
 	return nil
 }
 func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+type floatValue float64
+
+func (v *floatValue) Set(s string) error {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return errors.New("not a number")
+	}
+	*v = floatValue(f)
+	return nil
+}
+func (v *floatValue) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
 
 type durationValue time.Duration
 

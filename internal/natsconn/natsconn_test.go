@@ -75,7 +75,7 @@ func connectN(t *testing.T, n int, c Config) []*nats.Conn {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var conns []*nats.Conn
 	for range n {
-		nc, err := Connect(c, "test", log, Hooks{})
+		nc, err := Connect(c, "test", "_INBOX_test", log, Hooks{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ const (
 	CodeEmptyMessage = "empty_message" // a message with no visible text
 	CodeUnavailable  = "unavailable"   // the gateway cannot take this right now; nothing was sent; try again
 	CodeNotDelivered = "not_delivered" // a message was accepted but could not be confirmed delivered
+	CodeRateLimited  = "rate_limited"  // over the rate limit: not sent; kept up, the connection closes with 1008
 )
 
 // Websocket close codes the gateway uses (RFC 6455 section 7.4.1).

@@ -31,7 +31,7 @@ func benchmarkRelay(b *testing.B, clients int) {
 	ns := testkit.StartNATS(b)
 	g := testkit.Start(b, gatewayRun, map[string]string{
 		"HOST": "127.0.0.1", "PORT": "0", "METRICS_ADDR": "127.0.0.1:0",
-		"NATS_URL": ns.ClientURL(), "LOG_LEVEL": "info",
+		"NATS_URL": ns.ClientURL(), "LOG_LEVEL": "info", "RATE_LIMIT": "1e6", "RATE_BURST": "1000000",
 	}, "gateway listening")
 	url := "ws://" + g.Attrs["addr"] + "/ws?handle="
 

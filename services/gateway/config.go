@@ -31,6 +31,14 @@ type Config struct {
 	WriteTimeout    time.Duration // WRITE_TIMEOUT: longest a single socket write may block
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: budget for a graceful stop
 
+	AllowedOrigins      string        // ALLOWED_ORIGINS: pages that may open websockets; empty means this host's own
+	RateLimit           float64       // RATE_LIMIT: frames a client may send per second, sustained
+	RateBurst           int           // RATE_BURST: frames a client may send at once
+	FloodTimeout        time.Duration // FLOOD_TIMEOUT: how long a client may keep exceeding the rate before it is closed
+	MaxConnections      int           // MAX_CONNECTIONS: websockets on this gateway; 0 means no limit
+	MaxConnectionsPerIP int           // MAX_CONNECTIONS_PER_IP: websockets from one address; 0 means no limit
+	HandshakeTimeout    time.Duration // HANDSHAKE_TIMEOUT: time for the HTTP request and the upgrade
+
 	HeartbeatInterval time.Duration // HEARTBEAT_INTERVAL: how often presence hears from this gateway
 	DeliveryTimeout   time.Duration // DELIVERY_TIMEOUT: how long an accepted message is retried before its sender is told
 	ReplayWindow      time.Duration // REPLAY_WINDOW: how far back messages are kept for gateways that lost NATS
@@ -63,6 +71,13 @@ func (c *Config) register(l *envflag.Loader) {
 	l.String(&c.MetricsAddr, "METRICS_ADDR", ":9091", "address of the ops listener: /metrics, /healthz, /readyz")
 	c.NATS.Register(l)
 	l.Int(&c.MaxMessageBytes, "MAX_MESSAGE_BYTES", 64<<10, "largest websocket message a client may send (close 1009 above)")
+	l.String(&c.AllowedOrigins, "ALLOWED_ORIGINS", "", "comma-separated origins whose pages may open websockets, or * (default: only pages from this host)")
+	l.Float(&c.RateLimit, "RATE_LIMIT", 10, "frames a client may send per second, sustained (error rate_limited above)")
+	l.Int(&c.RateBurst, "RATE_BURST", 20, "frames a client may send in a burst")
+	l.Duration(&c.FloodTimeout, "FLOOD_TIMEOUT", 3*time.Second, "how long a client may keep exceeding RATE_LIMIT before it is closed with 1008")
+	l.Int(&c.MaxConnections, "MAX_CONNECTIONS", 20000, "websockets this gateway holds at most (503 above; 0: no limit)")
+	l.Int(&c.MaxConnectionsPerIP, "MAX_CONNECTIONS_PER_IP", 100, "websockets one client address may hold (429 above; 0: no limit)")
+	l.Duration(&c.HandshakeTimeout, "HANDSHAKE_TIMEOUT", 10*time.Second, "time a client has to send its HTTP request and complete the upgrade")
 	l.Duration(&c.PingInterval, "PING_INTERVAL", 25*time.Second, "idle time after which the gateway pings a client")
 	l.Duration(&c.PongTimeout, "PONG_TIMEOUT", 10*time.Second, "time a pinged client has to answer before it is dropped")
 	l.Int(&c.SendQueue, "SEND_QUEUE", 256, "frames queued for one client before it is cut off as a slow consumer")
@@ -93,10 +108,17 @@ func (c Config) validate() error {
 	check(c.WriteTimeout > 0, "WRITE_TIMEOUT must be positive")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
 	check(c.HeartbeatInterval >= 10*time.Millisecond, "HEARTBEAT_INTERVAL must be at least 10ms")
+	check(c.RateLimit > 0 && c.RateBurst > 0, "RATE_LIMIT and RATE_BURST must be positive")
+	check(c.FloodTimeout > 0, "FLOOD_TIMEOUT must be positive")
+	check(c.MaxConnections >= 0 && c.MaxConnectionsPerIP >= 0, "MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP must not be negative")
+	check(c.HandshakeTimeout > 0, "HANDSHAKE_TIMEOUT must be positive")
 	check(c.DeliveryTimeout > ackTimeout, "DELIVERY_TIMEOUT must be longer than 1s")
 	check(c.ReplayWindow >= 0, "REPLAY_WINDOW must not be negative")
 	check(c.ShutdownBatch > 0, "SHUTDOWN_BATCH must be positive")
 	check(c.MachineID == "" || protocol.ValidID(c.MachineID), "FLY_MACHINE_ID must be letters, digits, - and _")
+	if err := c.NATS.Validate(); err != nil {
+		problems = append(problems, err.Error())
+	}
 	if err := c.Log.Validate(); err != nil {
 		problems = append(problems, err.Error())
 	}

@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/time/rate"
 
 	"github.com/fly-chat/chat/pkg/protocol"
 )
@@ -40,6 +41,7 @@ const (
 	reasonProtocol     = "protocol_error"
 	reasonBadHandle    = "bad_handle"
 	reasonShutdown     = "shutdown"
+	reasonFlood        = "flood" // it kept exceeding the rate limit
 )
 
 // A conn is one websocket client. Its reader runs in the goroutine that
@@ -47,12 +49,18 @@ const (
 // writer writes to the socket, and nothing a client does can block anyone
 // else: other goroutines only append to the bounded queue.
 type conn struct {
-	g      *Gateway
-	nc     net.Conn
-	r      io.Reader // nc, after any bytes the HTTP server had already read
-	remote string
-	born   time.Time // monotonic base for lastRead and pingSentAt
-	handle string    // bound once; owned by the reader goroutine
+	g       *Gateway
+	nc      net.Conn
+	r       io.Reader // nc, after any bytes the HTTP server had already read
+	remote  string
+	born    time.Time // monotonic base for lastRead and pingSentAt
+	handle  string    // bound once; owned by the reader goroutine
+	release func()    // gives back its admission slot; called by teardown
+
+	// The rate limit, owned by the reader goroutine.
+	limiter    *rate.Limiter
+	floodSince time.Time // when the current run of refused frames began; zero if none
+	lastDenied time.Time // when a frame was last refused
 
 	lastRead   atomic.Int64 // nanoseconds since born of the last frame read
 	pingSentAt atomic.Int64 // nanoseconds since born of the unanswered ping; 0 if none
@@ -78,7 +86,8 @@ type conn struct {
 // nothing touches the socket until serve starts, after the upgrade response.
 // That lets the hub include it before the client learns it is connected.
 func newConn(g *Gateway, nc net.Conn) *conn {
-	return &conn{g: g, nc: nc, r: nc, remote: nc.RemoteAddr().String(), born: time.Now(), writing: true}
+	return &conn{g: g, nc: nc, r: nc, remote: nc.RemoteAddr().String(), born: time.Now(), writing: true,
+		release: func() {}, limiter: rate.NewLimiter(rate.Limit(g.cfg.RateLimit), g.cfg.RateBurst)}
 }
 
 func (c *conn) now() int64 { return int64(time.Since(c.born)) }
@@ -236,7 +245,9 @@ func (c *conn) discard(h ws.Header) error {
 func (c *conn) control(op ws.OpCode, p []byte) bool {
 	switch op {
 	case ws.OpPing:
-		c.send(compileFrame(ws.OpPong, p))
+		if c.allow() { // a ping flood gets no pongs
+			c.send(compileFrame(ws.OpPong, p))
+		}
 	case ws.OpClose:
 		code, reason := ws.ParseCloseFrameData(p)
 		switch {
@@ -257,10 +268,19 @@ func (c *conn) control(op ws.OpCode, p []byte) bool {
 // handleText handles one complete, valid UTF-8 text message.
 func (c *conn) handleText(msg []byte) {
 	if protocol.IsPing(msg) {
-		c.send(pingReply)
+		if c.allow() {
+			c.send(pingReply)
+		}
 		return
 	}
 	f, err := protocol.DecodeClient(msg)
+	if !c.allow() {
+		if f.Type == protocol.TypeMessage && !c.isClosing() {
+			c.sendError(&protocol.Error{Code: protocol.CodeRateLimited, CID: f.CID,
+				Message: "you are sending messages too fast; this one was not sent"})
+		}
+		return
+	}
 	if err != nil {
 		c.sendError(err)
 		return
@@ -275,6 +295,25 @@ func (c *conn) handleText(msg []byte) {
 	case protocol.TypeWho:
 		c.sendRoster(c.g.tracker.seqNow(), true)
 	}
+}
+
+// allow takes a token from the client's rate limit. A client still over
+// the limit FloodTimeout after it first went over is closed with 1008: a
+// run of refusals ends once a second passes without one.
+func (c *conn) allow() bool {
+	now := time.Now()
+	if c.limiter.AllowN(now, 1) {
+		return true
+	}
+	if c.floodSince.IsZero() || now.Sub(c.lastDenied) > time.Second {
+		c.floodSince = now
+	}
+	c.lastDenied = now
+	c.g.m.dropped.WithLabelValues("rate_limited").Inc()
+	if now.Sub(c.floodSince) >= c.g.cfg.FloodTimeout {
+		c.fail(protocol.ClosePolicy, "rate limit exceeded", reasonFlood)
+	}
+	return false
 }
 
 // bind sets the connection's handle, or tells the client why it cannot and
@@ -556,4 +595,5 @@ func (c *conn) teardown() {
 	if g.hub.remove(c) {
 		g.m.connections.Dec()
 	}
+	c.release()
 }

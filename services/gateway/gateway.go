@@ -76,6 +76,10 @@ func Settings() []envflag.Setting {
 	return l.Settings()
 }
 
+// InboxPrefix is where gateways receive replies: NATS permissions can give
+// gateways _INBOX_gateway.> and nothing else of that kind.
+const InboxPrefix = "_INBOX_gateway"
+
 // Gateway is one gateway process.
 type Gateway struct {
 	cfg      Config
@@ -83,6 +87,7 @@ type Gateway struct {
 	log      *slog.Logger
 	m        *metrics
 	hub      *hub
+	admit    *admission
 	upgrader ws.HTTPUpgrader
 	nc       *nats.Conn // set by Connect, before any connection is accepted
 	tracker  *tracker   // set by Connect
@@ -102,14 +107,15 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Gateway {
 		id = nuid.Next()
 	}
 	g := &Gateway{
-		cfg:  cfg,
-		id:   id,
-		inst: nuid.Next(),
-		log:  log.With("service", "gateway"),
-		m:    newMetrics(reg),
-		hub:  newHub(),
+		cfg:   cfg,
+		id:    id,
+		inst:  nuid.Next(),
+		log:   log.With("service", "gateway"),
+		m:     newMetrics(reg),
+		hub:   newHub(),
+		admit: newAdmission(cfg),
 		upgrader: ws.HTTPUpgrader{
-			Timeout:  10 * time.Second,
+			Timeout:  cfg.HandshakeTimeout,
 			Protocol: func(p string) bool { return p == "json" }, // the original client's subprotocol
 		},
 		draining: make(chan struct{}),
@@ -134,9 +140,10 @@ func (g *Gateway) Ready() error {
 // Connect connects to NATS and subscribes to chat. It returns with NATS
 // down too: the connection keeps trying, and /readyz says so meanwhile.
 func (g *Gateway) Connect() error {
-	nc, err := natsconn.Connect(g.cfg.NATS, "chat-gateway/"+g.id, g.log, natsconn.Hooks{
-		Disconnected: g.lostNATS,
-		Reconnected:  g.regainedNATS,
+	nc, err := natsconn.Connect(g.cfg.NATS, "chat-gateway/"+g.id, InboxPrefix, g.log, natsconn.Hooks{
+		Disconnected:     g.lostNATS,
+		Reconnected:      g.regainedNATS,
+		PermissionDenied: g.m.natsDenied.Inc,
 	})
 	if err != nil {
 		return fmt.Errorf("nats: %w", err)
@@ -214,8 +221,12 @@ func (g *Gateway) regainedNATS() {
 // with 1001, drain NATS. Connect must have succeeded.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
-		Handler:           g.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: g.routes(),
+		// A client that trickles its request (slowloris) is cut off; so is
+		// an idle keep-alive connection left by a page load.
+		ReadHeaderTimeout: g.cfg.HandshakeTimeout,
+		ReadTimeout:       g.cfg.HandshakeTimeout,
+		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
 	served := make(chan error, 1)

@@ -31,7 +31,9 @@ type testGateway struct {
 }
 
 // startGateway runs the gateway program against the NATS server at natsURL,
-// with env overriding the test defaults.
+// with env overriding the test defaults. Tests send faster than people do,
+// so the rate limit is lifted unless a test sets it (an empty value means
+// the gateway's default).
 func startGateway(t *testing.T, natsURL string, env ...map[string]string) *testGateway {
 	t.Helper()
 	e := map[string]string{
@@ -40,6 +42,8 @@ func startGateway(t *testing.T, natsURL string, env ...map[string]string) *testG
 		"METRICS_ADDR": "127.0.0.1:0",
 		"NATS_URL":     natsURL,
 		"LOG_LEVEL":    "debug",
+		"RATE_LIMIT":   "1e6",
+		"RATE_BURST":   "1000000",
 	}
 	for _, o := range env {
 		maps.Copy(e, o)

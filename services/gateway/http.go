@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/fly-chat/chat/internal/ops"
@@ -41,6 +42,16 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
+	release, rej := g.admit.admit(r)
+	if rej != nil {
+		g.m.upgrades.WithLabelValues(strconv.Itoa(rej.status)).Inc()
+		g.log.Debug("upgrade refused", "remote", r.RemoteAddr, "status", rej.status, "reason", rej.reason)
+		if rej.status != http.StatusForbidden {
+			w.Header().Set("Retry-After", "10")
+		}
+		http.Error(w, rej.reason, rej.status)
+		return
+	}
 	q := r.URL.Query()
 	handle, hasHandle := q.Get("handle"), q.Has("handle")
 
@@ -52,10 +63,12 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		// Join the hub before the upgrade response goes out, so a client
 		// cannot miss a message published once it sees it is connected.
 		c = newConn(g, nc)
+		c.release = release
 		registered = g.hub.add(c)
 	}}
 	nc, rw, _, err := g.upgrader.Upgrade(r, hook)
 	if err != nil {
+		release()
 		if registered {
 			g.hub.remove(c)
 		}

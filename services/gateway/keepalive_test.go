@@ -32,6 +32,7 @@ func keepaliveConfig() Config {
 	return Config{
 		MaxMessageBytes: 64 << 10, PingInterval: 25 * time.Second, PongTimeout: 10 * time.Second,
 		SendQueue: 16, SendQueueBytes: 1 << 20, WriteTimeout: 10 * time.Second, ShutdownTimeout: time.Second,
+		RateLimit: 10, RateBurst: 20, FloodTimeout: 3 * time.Second,
 	}
 }
 

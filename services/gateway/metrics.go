@@ -17,6 +17,7 @@ type metrics struct {
 	dropped        *prometheus.CounterVec // reason
 	clientErrors   *prometheus.CounterVec // code
 	natsReconnects prometheus.Counter
+	natsDenied     prometheus.Counter
 	republished    prometheus.Counter
 	// deliveryLatency is from a message's server timestamp (the accepting
 	// gateway's clock) to its write to a socket here.
@@ -34,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		upgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chat_gateway_upgrades_total",
-			Help: "Websocket upgrade attempts by result.",
+			Help: "Websocket upgrade attempts by result: ok, rejected (a bad handshake), draining, or the HTTP status a refused one got (403 origin, 429 per-address limit, 503 gateway full).",
 		}, []string{"result"}),
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chat_gateway_disconnects_total",
@@ -65,6 +66,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from a chat message's server timestamp to its write to a socket of this gateway.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
+		natsDenied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chat_gateway_nats_permission_errors_total",
+			Help: "Publishes or subscriptions NATS refused for lack of permission.",
+		}),
 		republished: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chat_gateway_republished_messages_total",
 			Help: "Messages published again because they had not come back from NATS in time.",
@@ -73,7 +78,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.messagesIn, m.messagesOut = m.messages.WithLabelValues("in"), m.messages.WithLabelValues("out")
 	m.bytesIn, m.bytesOut = m.bytes.WithLabelValues("in"), m.bytes.WithLabelValues("out")
 	// Series a dashboard graphs exist from the start, at zero.
-	for _, r := range []string{reasonSlowConsumer, "invalid_payload", "duplicate", "not_delivered"} {
+	for _, r := range []string{reasonSlowConsumer, "invalid_payload", "duplicate", "not_delivered", "rate_limited"} {
 		m.dropped.WithLabelValues(r)
 	}
 	for _, d := range []struct {
@@ -82,13 +87,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}{
 		{1006, reasonEOF}, {1006, reasonTimeout}, {1006, reasonWriteTimeout}, {1008, reasonSlowConsumer},
 		{1001, reasonShutdown}, {1009, reasonTooBig}, {1007, reasonInvalidUTF8}, {1003, reasonBinary},
-		{1002, reasonProtocol}, {1008, reasonBadHandle},
+		{1002, reasonProtocol}, {1008, reasonBadHandle}, {1008, reasonFlood},
 	} {
 		m.disconnects.WithLabelValues(strconv.Itoa(d.code), d.reason)
 	}
-	for _, r := range []string{"ok", "rejected", "draining"} {
+	for _, r := range []string{"ok", "rejected", "draining", "403", "429", "503"} {
 		m.upgrades.WithLabelValues(r)
 	}
-	reg.MustRegister(m.connections, m.upgrades, m.disconnects, m.messages, m.bytes, m.dropped, m.clientErrors, m.natsReconnects, m.republished, m.deliveryLatency)
+	reg.MustRegister(m.connections, m.upgrades, m.disconnects, m.messages, m.bytes, m.dropped, m.clientErrors, m.natsReconnects, m.natsDenied, m.republished, m.deliveryLatency)
 	return m
 }

@@ -55,6 +55,9 @@ func (c Config) validate() error {
 	if c.SyncTimeout <= 0 {
 		problems = append(problems, "SYNC_TIMEOUT must be positive")
 	}
+	if err := c.NATS.Validate(); err != nil {
+		problems = append(problems, err.Error())
+	}
 	if err := c.Log.Validate(); err != nil {
 		problems = append(problems, err.Error())
 	}

@@ -14,6 +14,7 @@ type metrics struct {
 	syncs          *prometheus.CounterVec // result
 	handleSeconds  *prometheus.HistogramVec
 	natsReconnects prometheus.Counter
+	natsDenied     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, state func() Stats) *metrics {
@@ -39,6 +40,10 @@ func newMetrics(reg prometheus.Registerer, state func() Stats) *metrics {
 			Name: "chat_presence_nats_reconnects_total",
 			Help: "Reconnections to NATS.",
 		}),
+		natsDenied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chat_presence_nats_permission_errors_total",
+			Help: "Publishes or subscriptions NATS refused for lack of permission.",
+		}),
 	}
 	// Series a dashboard graphs exist from the start, at zero.
 	m.notices.WithLabelValues(protocol.TypeJoin, "")
@@ -51,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, state func() Stats) *metrics {
 	gauge := func(name, help string, f func(Stats) int) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(f(state())) })
 	}
-	reg.MustRegister(m.notices, m.lostGateways, m.syncs, m.handleSeconds, m.natsReconnects,
+	reg.MustRegister(m.notices, m.lostGateways, m.syncs, m.handleSeconds, m.natsReconnects, m.natsDenied,
 		gauge("chat_presence_online_handles", "Handles announced online.", func(s Stats) int { return s.Online }),
 		gauge("chat_presence_sessions", "Sessions over all gateways.", func(s Stats) int { return s.Sessions }),
 		gauge("chat_presence_gateways", "Gateway instances being tracked.", func(s Stats) int { return s.Gateways }),

@@ -68,6 +68,10 @@ func Settings() []envflag.Setting {
 	return l.Settings()
 }
 
+// InboxPrefix is where the presence service receives replies (gateways'
+// sync answers): NATS permissions can give it _INBOX_presence.> alone.
+const InboxPrefix = "_INBOX_presence"
+
 // Service is one presence process.
 type Service struct {
 	cfg   Config
@@ -101,7 +105,8 @@ func (p *Service) Ready() error {
 func (p *Service) Connect() error {
 	var once sync.Once
 	startWarmup := func() { once.Do(func() { p.state.Warmup(p.cfg.Warmup) }) }
-	nc, err := natsconn.Connect(p.cfg.NATS, "chat-presence", p.log, natsconn.Hooks{
+	nc, err := natsconn.Connect(p.cfg.NATS, "chat-presence", InboxPrefix, p.log, natsconn.Hooks{
+		PermissionDenied: p.m.natsDenied.Inc,
 		Connected:    startWarmup,
 		Disconnected: p.state.Pause,
 		Reconnected: func() {
