@@ -27,14 +27,18 @@ const (
 	heartbeat = 200 * time.Millisecond // HEARTBEAT_INTERVAL in these tests
 )
 
-// startPresence runs the presence program and waits until it is past its
-// warm-up.
-func startPresence(t *testing.T, natsURL string) *testkit.Program {
+// startPresence runs the presence program, env adding to the test
+// defaults, and waits until it is past its warm-up.
+func startPresence(t *testing.T, natsURL string, env ...map[string]string) *testkit.Program {
 	t.Helper()
-	p := testkit.Start(t, presence.Run, map[string]string{
+	e := map[string]string{
 		"METRICS_ADDR": "127.0.0.1:0", "NATS_URL": natsURL, "LOG_LEVEL": "debug",
 		"LEAVE_GRACE": grace.String(), "WARMUP": (2 * heartbeat).String(),
-	}, "presence listening")
+	}
+	for _, o := range env {
+		maps.Copy(e, o)
+	}
+	p := testkit.Start(t, presence.Run, e, "presence listening")
 	waitReady(t, "http://"+p.Attrs["ops_addr"]+"/readyz")
 	return p
 }

@@ -29,6 +29,7 @@ type Config struct {
 	SendQueue       int           // SEND_QUEUE: frames queued for one client before it is a slow consumer
 	SendQueueBytes  int           // SEND_QUEUE_BYTES: bytes queued for one client before it is a slow consumer
 	WriteTimeout    time.Duration // WRITE_TIMEOUT: longest a single socket write may block
+	SocketBuffer    int           // SOCKET_SEND_BUFFER: the kernel's send buffer per websocket
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: budget for a graceful stop
 
 	AllowedOrigins      string        // ALLOWED_ORIGINS: pages that may open websockets; empty means this host's own
@@ -83,6 +84,7 @@ func (c *Config) register(l *envflag.Loader) {
 	l.Int(&c.SendQueue, "SEND_QUEUE", 256, "frames queued for one client before it is cut off as a slow consumer")
 	l.Int(&c.SendQueueBytes, "SEND_QUEUE_BYTES", 1<<20, "bytes queued for one client before it is cut off as a slow consumer")
 	l.Duration(&c.WriteTimeout, "WRITE_TIMEOUT", 10*time.Second, "longest a socket write may block before the client is dropped")
+	l.Int(&c.SocketBuffer, "SOCKET_SEND_BUFFER", 64<<10, "kernel send buffer per websocket, bytes: caps what a client that stops reading holds in the kernel (0: the kernel's autotuning)")
 	l.Duration(&c.ShutdownTimeout, "SHUTDOWN_TIMEOUT", 10*time.Second, "budget for closing sockets and draining NATS on SIGTERM")
 	l.Duration(&c.HeartbeatInterval, "HEARTBEAT_INTERVAL", 2*time.Second, "how often the gateway tells presence it is alive; 3 missed make its users leave")
 	l.Duration(&c.DeliveryTimeout, "DELIVERY_TIMEOUT", 10*time.Second, "how long an accepted message is republished until NATS confirms it; then its sender gets not_delivered")
@@ -106,6 +108,7 @@ func (c Config) validate() error {
 	check(c.SendQueue > 0, "SEND_QUEUE must be positive")
 	check(c.SendQueueBytes >= c.MaxMessageBytes, "SEND_QUEUE_BYTES must be at least MAX_MESSAGE_BYTES")
 	check(c.WriteTimeout > 0, "WRITE_TIMEOUT must be positive")
+	check(c.SocketBuffer >= 0, "SOCKET_SEND_BUFFER must not be negative")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
 	check(c.HeartbeatInterval >= 10*time.Millisecond, "HEARTBEAT_INTERVAL must be at least 10ms")
 	check(c.RateLimit > 0 && c.RateBurst > 0, "RATE_LIMIT and RATE_BURST must be positive")

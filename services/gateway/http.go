@@ -60,6 +60,12 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		registered bool
 	)
 	hook := hijackHook{ResponseWriter: w, hijacked: func(nc net.Conn) {
+		// A fixed kernel send buffer: the kernel's autotuning would let a
+		// client that stops reading pin megabytes there, out of sight of
+		// the send queue's limits.
+		if tc, ok := nc.(*net.TCPConn); ok && g.cfg.SocketBuffer > 0 {
+			tc.SetWriteBuffer(g.cfg.SocketBuffer)
+		}
 		// Join the hub before the upgrade response goes out, so a client
 		// cannot miss a message published once it sees it is connected.
 		c = newConn(g, nc)

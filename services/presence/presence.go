@@ -107,8 +107,8 @@ func (p *Service) Connect() error {
 	startWarmup := func() { once.Do(func() { p.state.Warmup(p.cfg.Warmup) }) }
 	nc, err := natsconn.Connect(p.cfg.NATS, "chat-presence", InboxPrefix, p.log, natsconn.Hooks{
 		PermissionDenied: p.m.natsDenied.Inc,
-		Connected:    startWarmup,
-		Disconnected: p.state.Pause,
+		Connected:        startWarmup,
+		Disconnected:     p.state.Pause,
 		Reconnected: func() {
 			p.m.natsReconnects.Inc()
 			startWarmup()
