@@ -39,35 +39,36 @@ type rejection struct {
 	reason string // for the metric and the response body
 }
 
-// admit checks r and, if it may upgrade, counts its connection; release
-// uncounts it, once. A request without an Origin header is not from a
-// browser (command-line tools, load generators) and is not checked for it.
-func (a *admission) admit(r *http.Request) (release func(), rej *rejection) {
+// admit checks r and, if it may upgrade, counts its connection from ip,
+// which release(ip) uncounts. A request without an Origin header is not
+// from a browser (command-line tools, load generators) and is not checked
+// for it.
+func (a *admission) admit(r *http.Request) (ip string, rej *rejection) {
 	if origin := r.Header.Get("Origin"); origin != "" && !a.originAllowed(origin, r.Host) {
-		return nil, &rejection{http.StatusForbidden, "origin not allowed"}
+		return "", &rejection{http.StatusForbidden, "origin not allowed"}
 	}
-	ip := a.clientIP(r)
+	ip = a.clientIP(r)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch {
 	case a.max > 0 && a.total >= a.max:
-		return nil, &rejection{http.StatusServiceUnavailable, "too many connections"}
+		return "", &rejection{http.StatusServiceUnavailable, "too many connections"}
 	case a.maxPerIP > 0 && a.perIP[ip] >= a.maxPerIP:
-		return nil, &rejection{http.StatusTooManyRequests, "too many connections from your address"}
+		return "", &rejection{http.StatusTooManyRequests, "too many connections from your address"}
 	}
 	a.total++
 	a.perIP[ip]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			a.total--
-			if a.perIP[ip]--; a.perIP[ip] <= 0 {
-				delete(a.perIP, ip)
-			}
-		})
-	}, nil
+	return ip, nil
+}
+
+// release uncounts a connection admit counted; call it once per admission.
+func (a *admission) release(ip string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.total--
+	if a.perIP[ip]--; a.perIP[ip] <= 0 {
+		delete(a.perIP, ip)
+	}
 }
 
 // originAllowed reports whether a browser page at origin may connect. With

@@ -26,9 +26,19 @@ func messageOfSize(n int) string {
 // Each bad input gets its close code or error frame, and everyone else
 // keeps chatting: after each case a bystander's message still reaches a
 // watcher on the same gateway.
+// It runs with either way of reading sockets.
 func TestBadInput(t *testing.T) {
+	for _, mode := range ioModes {
+		t.Run(mode, func(t *testing.T) { testBadInput(t, mode) })
+	}
+}
+
+// ioModes are the values of IO_MODE.
+var ioModes = []string{"epoll", "goroutine"}
+
+func testBadInput(t *testing.T, mode string) {
 	ns := testkit.StartNATS(t)
-	g := startGateway(t, ns.ClientURL())
+	g := startGateway(t, ns.ClientURL(), map[string]string{"IO_MODE": mode})
 	bystander, watcher := join(t, g, "bystander"), join(t, g, "watcher")
 
 	tests := []struct {

@@ -29,7 +29,9 @@ type Config struct {
 	SendQueue       int           // SEND_QUEUE: frames queued for one client before it is a slow consumer
 	SendQueueBytes  int           // SEND_QUEUE_BYTES: bytes queued for one client before it is a slow consumer
 	WriteTimeout    time.Duration // WRITE_TIMEOUT: longest a single socket write may block
+	FlushInterval   time.Duration // FLUSH_INTERVAL: a busy socket is written at most once per interval
 	SocketBuffer    int           // SOCKET_SEND_BUFFER: the kernel's send buffer per websocket
+	IOMode          string        // IO_MODE: epoll (Linux) or goroutine: how sockets are read
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: budget for a graceful stop
 
 	AllowedOrigins      string        // ALLOWED_ORIGINS: pages that may open websockets; empty means this host's own
@@ -84,7 +86,9 @@ func (c *Config) register(l *envflag.Loader) {
 	l.Int(&c.SendQueue, "SEND_QUEUE", 256, "frames queued for one client before it is cut off as a slow consumer")
 	l.Int(&c.SendQueueBytes, "SEND_QUEUE_BYTES", 1<<20, "bytes queued for one client before it is cut off as a slow consumer")
 	l.Duration(&c.WriteTimeout, "WRITE_TIMEOUT", 10*time.Second, "longest a socket write may block before the client is dropped")
+	l.Duration(&c.FlushInterval, "FLUSH_INTERVAL", 50*time.Millisecond, "the writers (one per CPU) write their sockets at most once per interval, so under load a socket gets one write for many messages (0: write every message at once)")
 	l.Int(&c.SocketBuffer, "SOCKET_SEND_BUFFER", 64<<10, "kernel send buffer per websocket, bytes: caps what a client that stops reading holds in the kernel (0: the kernel's autotuning)")
+	l.String(&c.IOMode, "IO_MODE", "epoll", "how sockets are read: epoll (a few workers for all sockets; Linux only, elsewhere goroutine) or goroutine (one blocked reader per socket)")
 	l.Duration(&c.ShutdownTimeout, "SHUTDOWN_TIMEOUT", 10*time.Second, "budget for closing sockets and draining NATS on SIGTERM")
 	l.Duration(&c.HeartbeatInterval, "HEARTBEAT_INTERVAL", 2*time.Second, "how often the gateway tells presence it is alive; 3 missed make its users leave")
 	l.Duration(&c.DeliveryTimeout, "DELIVERY_TIMEOUT", 10*time.Second, "how long an accepted message is republished until NATS confirms it; then its sender gets not_delivered")
@@ -108,6 +112,8 @@ func (c Config) validate() error {
 	check(c.SendQueue > 0, "SEND_QUEUE must be positive")
 	check(c.SendQueueBytes >= c.MaxMessageBytes, "SEND_QUEUE_BYTES must be at least MAX_MESSAGE_BYTES")
 	check(c.WriteTimeout > 0, "WRITE_TIMEOUT must be positive")
+	check(c.FlushInterval >= 0 && c.FlushInterval < time.Second, "FLUSH_INTERVAL must be 0 to 1s")
+	check(c.IOMode == "epoll" || c.IOMode == "goroutine", "IO_MODE must be epoll or goroutine")
 	check(c.SocketBuffer >= 0, "SOCKET_SEND_BUFFER must not be negative")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
 	check(c.HeartbeatInterval >= 10*time.Millisecond, "HEARTBEAT_INTERVAL must be at least 10ms")

@@ -3,21 +3,16 @@ package gateway
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"math"
 	"net"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gobwas/ws"
-	"golang.org/x/time/rate"
 
 	"github.com/fly-chat/chat/pkg/protocol"
 )
@@ -44,225 +39,172 @@ const (
 	reasonFlood        = "flood" // it kept exceeding the rate limit
 )
 
-// A conn is one websocket client. Its reader runs in the goroutine that
-// calls serve; its writer, flush, runs only while frames are queued. Only the
-// writer writes to the socket, and nothing a client does can block anyone
-// else: other goroutines only append to the bounded queue.
+// A conn is one websocket client.
+//
+// Reading: the epoll poller (io_linux.go) hands the connection to a worker
+// when its socket has bytes, and consume (read.go) parses them; elsewhere a
+// goroutine per connection reads (readLoop). Either way, one reader at a
+// time, under readMu. An idle connection has no goroutine and no buffer.
+//
+// Writing (write.go): anyone queues frames; the connection's shard writes
+// them without blocking; a writer goroutine exists only while a socket is
+// backed up.
 type conn struct {
-	g       *Gateway
-	nc      net.Conn
-	r       io.Reader // nc, after any bytes the HTTP server had already read
-	remote  string
-	born    time.Time // monotonic base for lastRead and pingSentAt
-	handle  string    // bound once; owned by the reader goroutine
-	release func()    // gives back its admission slot; called by teardown
+	g        *Gateway
+	nc       net.Conn
+	raw      syscall.RawConn // nc's, for reads and writes that must not block; nil if nc has none
+	sh       *shard          // whose flusher writes this connection
+	slot     int             // its index in sh.conns; -1 when not there; guarded by sh.mu
+	born     time.Time       // monotonic base for the times below kept as int64
+	ip       string          // the address admission counted it against
+	admitted bool            // teardown gives its admission back
+	polled   atomic.Bool     // the epoll poller reads it
+	fd       int             // its descriptor, once polled
+	pollID   uint64          // its id in the poller, once polled
 
-	// The rate limit, owned by the reader goroutine.
-	limiter    *rate.Limiter
-	floodSince time.Time // when the current run of refused frames began; zero if none
-	lastDenied time.Time // when a frame was last refused
+	readMu sync.Mutex // held by the reader: the fields below are the reader's
+	rd     reader
+	handle string // bound once
+
+	// The rate limit, a token bucket owned by the reader.
+	tokens     float64
+	tokensAt   int64 // nanoseconds since born when tokens was last topped up
+	floodSince int64 // when the current run of refused frames began; 0 if none
+	lastDenied int64 // when a frame was last refused
 
 	lastRead   atomic.Int64 // nanoseconds since born of the last frame read
-	pingSentAt atomic.Int64 // nanoseconds since born of the unanswered ping; 0 if none
-	keepalive  *time.Timer  // runs checkAlive; stopped by teardown
+	pingSentAt atomic.Int64 // nanoseconds since born of the unanswered ping; 0 if none; the shard's sweep's
+	rosterBusy atomic.Bool  // a roster request is under way
+	ended      sync.Once    // teardown
 
-	writers    sync.WaitGroup // the running flush, if any
-	rosterBusy atomic.Bool    // a roster request is under way
+	writers sync.WaitGroup // counts a write under way (fast or slow); teardown waits for it
 
 	mu            sync.Mutex // guards the fields below
 	queue         []outFrame
-	spare         []outFrame // the writer's last batch, emptied, reused as the next queue
-	queued        int        // bytes in queue
-	inflight      int        // frames the writer is writing now
-	inflightBytes int        // and their bytes; both count against the send limits
-	writing       bool       // a flush goroutine is running, or writes are held (see newConn)
-	closing       bool       // a close frame is queued or the socket is going; nothing more is queued
-	closeBy       time.Time  // set by teardown: no write may block past it
-	closeCode     int        // what ended the connection, first cause wins
+	spare         []outFrame  // the last written batch, emptied, reused as the next queue
+	queued        int         // bytes in queue
+	inflight      int         // frames being written now
+	inflightBytes int         // and their bytes; both count against the send limits
+	held          bool        // before the upgrade response: frames queue, nothing is written
+	writing       bool        // a write is under way: its writer owns the socket
+	dirty         bool        // on its shard's flush list
+	closing       bool        // a close frame is queued or the socket is going; nothing more is queued
+	closed        bool        // teardown began: no new write starts but the one teardown starts
+	linger        *time.Timer // after the close frame: the peer's time to answer
+	closeBy       time.Time   // set by teardown: no write may block past it
+	closeCode     int         // what ended the connection, first cause wins
 	closeReason   string
 }
 
 // newConn returns a connection whose writes are held: frames queue up, but
-// nothing touches the socket until serve starts, after the upgrade response.
-// That lets the hub include it before the client learns it is connected.
+// nothing touches the socket until start, after the upgrade response. That
+// lets the hub include it before the client learns it is connected.
 func newConn(g *Gateway, nc net.Conn) *conn {
-	return &conn{g: g, nc: nc, r: nc, remote: nc.RemoteAddr().String(), born: time.Now(), writing: true,
-		release: func() {}, limiter: rate.NewLimiter(rate.Limit(g.cfg.RateLimit), g.cfg.RateBurst)}
+	c := &conn{g: g, nc: nc, born: time.Now(), held: true, tokens: float64(g.cfg.RateBurst), sh: g.hub.pick(), slot: -1}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	return c
 }
 
 func (c *conn) now() int64 { return int64(time.Since(c.born)) }
 
-// serve runs the connection until it ends, from the moment the upgrade
-// response is written. handle is the upgrade URL's ?handle=, bound at once
-// when present; registered says whether the hub took the connection (it
-// refuses during shutdown).
-func (c *conn) serve(handle string, hasHandle, registered bool) {
-	defer c.teardown()
+// remote is the client's address, for logs: formatted only if logged.
+func (c *conn) remote() slog.LogValuer { return remoteAddr{c} }
+
+type remoteAddr struct{ c *conn }
+
+func (r remoteAddr) LogValue() slog.Value { return slog.StringValue(r.c.nc.RemoteAddr().String()) }
+
+// start runs the connection from the moment the upgrade response is
+// written: early is what the client sent right behind its request. handle
+// is the upgrade URL's ?handle=, bound at once when present; registered
+// says whether the hub took the connection (it refuses during shutdown).
+func (c *conn) start(early []byte, handle string, hasHandle, registered bool) {
 	g := c.g
 	c.mu.Lock()
-	c.writing = false // release the writes newConn held
-	if len(c.queue) > 0 {
-		c.startWriter()
-	}
+	c.held = false // release the writes newConn held
+	mark := len(c.queue) > 0 && !c.dirty
+	c.dirty = c.dirty || mark
 	c.mu.Unlock()
+	if mark {
+		c.sh.markDirty(c)
+	}
 	if !registered {
 		c.sendClose(protocol.CloseGoingAway, "going away", reasonShutdown, false)
-		c.readLoop()
+	} else {
+		g.m.connections.Inc()
+		g.log.Debug("connection opened", "remote", c.remote())
+		c.lastRead.Store(c.now())
+		if g.natsDown.Load() {
+			c.send(reconnectingFrame)
+		}
+		if hasHandle {
+			c.readMu.Lock()
+			c.bind(handle)
+			c.readMu.Unlock()
+		}
+	}
+	if len(early) > 0 && !c.consume(early) {
+		c.teardown()
 		return
 	}
-	g.m.connections.Inc()
-	g.log.Debug("connection opened", "remote", c.remote)
-	c.lastRead.Store(c.now())
-	// Armed only once the field is set, so checkAlive always sees it.
-	c.keepalive = time.AfterFunc(math.MaxInt64, c.checkAlive)
-	c.keepalive.Reset(g.cfg.PingInterval)
-	if g.natsDown.Load() {
-		c.send(reconnectingFrame)
+	if g.poller != nil && c.raw != nil && g.poller.add(c) == nil {
+		return // the poller's workers read it from now on
 	}
-	if hasHandle {
-		c.bind(handle)
-	}
-	c.readLoop()
+	c.readLoop(c.nc)
 }
 
-// readLoop reads frames until the connection ends. Once the gateway has sent
-// a close frame it keeps reading, discarding, so the peer gets to read the
-// close frame instead of a reset, until the peer's own close frame, EOF or
-// the close deadline.
-func (c *conn) readLoop() {
-	var (
-		hbuf   = make([]byte, 2, ws.MaxHeaderSize-2)
-		msg    []byte // the text message being assembled from fragments
-		inFrag bool   // a fragmented text message is in progress
-	)
-	for {
-		h, err := ws.ReadHeaderBuffer(c.r, hbuf)
-		if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
-			// Nothing after a broken header can be parsed: say why, then
-			// discard until the peer leaves or the close deadline.
-			c.fail(protocol.CloseProtocolError, "malformed frame header", reasonProtocol)
-			io.Copy(io.Discard, c.r)
-			return
-		}
-		if err != nil {
-			c.setCause(1006, reasonEOF)
-			return
-		}
-		c.lastRead.Store(c.now())
-		if c.isClosing() {
-			if c.discard(h) != nil || h.OpCode == ws.OpClose {
-				return
-			}
-			continue
-		}
-		if code, text, reason := c.check(h, inFrag, len(msg)); code != 0 {
-			c.fail(code, text, reason)
-			if c.discard(h) != nil { // skip the payload, so the next header is a header
-				return
-			}
-			continue
-		}
-		if h.OpCode.IsControl() {
-			p, err := c.readPayload(h, nil)
-			if err != nil {
-				c.setCause(1006, reasonEOF)
-				return
-			}
-			if !c.control(h.OpCode, p) {
-				return
-			}
-			continue
-		}
-		if msg, err = c.readPayload(h, msg); err != nil {
-			c.setCause(1006, reasonEOF)
-			return
-		}
-		if inFrag = !h.Fin; inFrag {
-			continue
-		}
-		if !utf8.Valid(msg) {
-			c.fail(protocol.CloseInvalidData, "text must be UTF-8", reasonInvalidUTF8)
-			continue
-		}
-		c.handleText(msg)
-		msg = nil
-	}
+// abort closes the socket at once, for a peer that is dead, cannot be
+// written, or did not answer the close frame in time; teardown follows.
+func (c *conn) abort() {
+	c.nc.Close()
+	go c.teardown()
 }
 
-// check judges a frame header, given the bytes of a fragmented message
-// already read. It returns a close code, and why, for a frame to reject.
-func (c *conn) check(h ws.Header, inFrag bool, have int) (code int, text, reason string) {
-	op := h.OpCode
-	switch {
-	case h.Rsv != 0 || !h.Masked:
-		return protocol.CloseProtocolError, "frames must be masked, without extensions", reasonProtocol
-	case op.IsReserved():
-		return protocol.CloseProtocolError, "reserved opcode", reasonProtocol
-	case op.IsControl():
-		if !h.Fin || h.Length > ws.MaxControlFramePayloadSize {
-			return protocol.CloseProtocolError, "bad control frame", reasonProtocol
+// teardown runs once, whoever notices the end first: the reader, a timer, a
+// failed write. It stops the reading, lets what is queued (the close frame,
+// usually) be written within closeGrace, closes the socket, and only then
+// leaves the hub, so shutdown waits for every socket to be closed.
+func (c *conn) teardown() {
+	c.ended.Do(func() {
+		g := c.g
+		c.readMu.Lock()
+		c.rd.ended = true
+		handle := c.handle
+		c.readMu.Unlock()
+		if c.polled.Load() {
+			g.poller.remove(c)
 		}
-		return 0, "", ""
-	case op == ws.OpBinary:
-		return protocol.CloseUnsupported, "binary frames are not supported", reasonBinary
-	case op == ws.OpText && inFrag, op == ws.OpContinuation && !inFrag:
-		return protocol.CloseProtocolError, "unexpected frame", reasonProtocol
-	case h.Length > int64(c.g.cfg.MaxMessageBytes-have): // written so it cannot overflow
-		return protocol.CloseTooBig, "message too big", reasonTooBig
-	}
-	return 0, "", ""
-}
-
-// readChunk bounds what a frame's declared length can make the gateway
-// allocate before the bytes actually arrive.
-const readChunk = 16 << 10
-
-// readPayload reads h's payload, unmasked, appended to buf. The buffer grows
-// as data arrives, not as the header promises.
-func (c *conn) readPayload(h ws.Header, buf []byte) ([]byte, error) {
-	start := len(buf)
-	for left := h.Length; left > 0; {
-		n := int(min(left, readChunk))
-		buf = slices.Grow(buf, n)
-		m, err := io.ReadFull(c.r, buf[len(buf):len(buf)+n])
-		buf = buf[:len(buf)+m]
-		if err != nil {
-			return buf, err
+		c.mu.Lock()
+		if c.linger != nil {
+			c.linger.Stop()
 		}
-		left -= int64(n)
-	}
-	ws.Cipher(buf[start:], h.Mask, 0)
-	return buf, nil
-}
-
-func (c *conn) discard(h ws.Header) error {
-	_, err := io.CopyN(io.Discard, c.r, h.Length)
-	return err
-}
-
-// control handles a ping, pong or close frame. It reports whether to keep
-// reading.
-func (c *conn) control(op ws.OpCode, p []byte) bool {
-	switch op {
-	case ws.OpPing:
-		if c.allow() { // a ping flood gets no pongs
-			c.send(compileFrame(ws.OpPong, p))
+		c.closing, c.closed = true, true
+		c.closeBy = time.Now().Add(closeGrace)
+		c.nc.SetWriteDeadline(c.closeBy)
+		if !c.writing && !c.held && len(c.queue) > 0 {
+			c.startSlow(nil, 0) // the close frame, if nobody wrote it yet
 		}
-	case ws.OpClose:
-		code, reason := ws.ParseCloseFrameData(p)
-		switch {
-		case len(p) == 0:
-			c.setCause(1005, reasonClient) // 1005: closed without a status code
-			c.sendClose(protocol.CloseNormal, "", reasonClient, false)
-		case ws.CheckCloseFrameData(code, reason) != nil:
-			c.sendClose(protocol.CloseProtocolError, "bad close frame", reasonProtocol, false)
-		default:
-			c.setCause(int(code), reasonClient)
-			c.sendClose(int(code), "", reasonClient, false)
+		code, reason := c.closeCode, c.closeReason
+		c.mu.Unlock()
+		c.writers.Wait()
+		c.nc.Close()
+		if handle != "" {
+			g.tracker.disconnect(handle, presenceReason(reason))
 		}
-		return false
-	}
-	return true // a pong needs nothing: reading it updated lastRead
+		g.m.disconnects.WithLabelValues(strconv.Itoa(code), reason).Inc()
+		if g.log.Enabled(context.Background(), slog.LevelDebug) {
+			g.log.Debug("connection closed", "remote", c.remote(), "handle", handle, "code", code, "reason", reason,
+				"duration", time.Since(c.born).Round(time.Millisecond))
+		}
+		if g.hub.remove(c) {
+			g.m.connections.Dec()
+		}
+		if c.admitted {
+			g.admit.release(c.ip)
+		}
+	})
 }
 
 // handleText handles one complete, valid UTF-8 text message.
@@ -297,20 +239,25 @@ func (c *conn) handleText(msg []byte) {
 	}
 }
 
-// allow takes a token from the client's rate limit. A client still over
-// the limit FloodTimeout after it first went over is closed with 1008: a
-// run of refusals ends once a second passes without one.
+// allow takes a token from the client's rate limit: RateBurst tokens,
+// refilled at RateLimit a second. A client still over the limit
+// FloodTimeout after it first went over is closed with 1008: a run of
+// refusals ends once a second passes without one.
 func (c *conn) allow() bool {
-	now := time.Now()
-	if c.limiter.AllowN(now, 1) {
+	cfg := c.g.cfg
+	now := c.now()
+	c.tokens = min(float64(cfg.RateBurst), c.tokens+float64(now-c.tokensAt)/float64(time.Second)*cfg.RateLimit)
+	c.tokensAt = now
+	if c.tokens >= 1 {
+		c.tokens--
 		return true
 	}
-	if c.floodSince.IsZero() || now.Sub(c.lastDenied) > time.Second {
+	if c.floodSince == 0 || time.Duration(now-c.lastDenied) > time.Second {
 		c.floodSince = now
 	}
 	c.lastDenied = now
 	c.g.m.dropped.WithLabelValues("rate_limited").Inc()
-	if now.Sub(c.floodSince) >= c.g.cfg.FloodTimeout {
+	if time.Duration(now-c.floodSince) >= cfg.FloodTimeout {
 		c.fail(protocol.ClosePolicy, "rate limit exceeded", reasonFlood)
 	}
 	return false
@@ -325,8 +272,8 @@ func (c *conn) bind(name string) {
 		c.fail(protocol.ClosePolicy, "bad handle", reasonBadHandle)
 		return
 	}
-	c.handle = h
-	c.g.log.Debug("handle bound", "remote", c.remote, "handle", h)
+	c.handle = strings.Clone(h) // not a piece of the request it came in
+	c.g.log.Debug("handle bound", "remote", c.remote(), "handle", h)
 	c.sendRoster(c.g.tracker.connect(h), false)
 }
 
@@ -340,7 +287,7 @@ func (c *conn) sendRoster(seq uint64, asked bool) {
 	if !c.rosterBusy.CompareAndSwap(false, true) {
 		return
 	}
-	handle := c.handle // read here: the reader goroutine may bind it meanwhile
+	handle := c.handle // read here, by the reader: it may bind it meanwhile
 	go func() {
 		defer c.rosterBusy.Store(false)
 		r, err := c.g.roster(seq)
@@ -348,7 +295,7 @@ func (c *conn) sendRoster(seq uint64, asked bool) {
 			c.g.tracker.confirmed(handle, r)
 		}
 		if err != nil {
-			c.g.log.Warn("roster request failed", "remote", c.remote, "err", err)
+			c.g.log.Warn("roster request failed", "remote", c.remote(), "err", err)
 			if asked {
 				c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, Message: "who is online is unavailable right now"})
 			}
@@ -368,7 +315,7 @@ func (c *conn) message(text, cid string) {
 		c.sendError(&protocol.Error{Code: protocol.CodeEmptyMessage, CID: cid, Message: "message is empty"})
 	default:
 		if err := c.g.relay.send(c, c.handle, text, cid); err != nil {
-			c.g.log.Debug("message refused", "remote", c.remote, "err", err)
+			c.g.log.Debug("message refused", "remote", c.remote(), "err", err)
 			c.sendError(&protocol.Error{Code: protocol.CodeUnavailable, CID: cid, Message: "message not sent: chat is reconnecting, try again"})
 		}
 	}
@@ -385,177 +332,27 @@ func (c *conn) sendError(err error) {
 
 // fail starts closing the connection because of what the client sent.
 func (c *conn) fail(code int, text, reason string) {
-	c.g.log.Debug("closing connection", "remote", c.remote, "handle", c.handle, "code", code, "reason", reason)
+	c.g.log.Debug("closing connection", "remote", c.remote(), "handle", c.handle, "code", code, "reason", reason)
 	c.sendClose(code, text, reason, false)
 }
 
-// checkAlive runs on the keepalive timer: it pings a client that has been
-// quiet for PingInterval and drops one that has not answered within
+// checkAlive is the keepalive, run by the shard's sweep every
+// keepaliveTick: it reports whether to ping the client, quiet for
+// PingInterval, or to drop it, as it has not answered a ping within
 // PongTimeout. Any frame from the client counts as an answer.
-func (c *conn) checkAlive() {
-	if c.isClosing() {
-		return // teardown stops the timer; this run raced it
-	}
-	cfg := c.g.cfg
+func (c *conn) checkAlive(pingInterval, pongTimeout time.Duration) (ping, dead bool) {
 	now, last := c.now(), c.lastRead.Load()
 	if sent := c.pingSentAt.Load(); sent != 0 {
 		if last < sent {
-			c.g.log.Debug("dead peer", "remote", c.remote)
-			c.setCause(1006, reasonTimeout)
-			c.nc.Close() // no close handshake with a peer that does not answer
-			return
+			return false, time.Duration(now-sent) >= pongTimeout
 		}
-		c.pingSentAt.Store(0)
+		c.pingSentAt.Store(0) // answered
 	}
-	if idle := time.Duration(now - last); idle < cfg.PingInterval {
-		c.keepalive.Reset(cfg.PingInterval - idle)
-		return
+	if time.Duration(now-last) < pingInterval {
+		return false, false
 	}
 	c.pingSentAt.Store(now)
-	c.send(pingFrame)
-	c.keepalive.Reset(cfg.PongTimeout)
-}
-
-// outFrame is a frame queued for the writer.
-type outFrame struct {
-	b  []byte
-	ts int64 // a chat message's server timestamp (unix ms), for the latency metric; 0 for other frames
-}
-
-// send queues a frame for the writer; see enqueue.
-func (c *conn) send(frame []byte) bool { return c.enqueue(outFrame{b: frame}) }
-
-// enqueue queues a frame for the writer. It never blocks: a client whose
-// queue is full is cut off as a slow consumer. It reports whether the frame
-// was queued.
-func (c *conn) enqueue(f outFrame) bool {
-	frame := f.b
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return false
-	}
-	cfg := c.g.cfg
-	// The limits count what the writer is writing too. One frame always fits
-	// when nothing is pending, however large: a stamped message can be
-	// several times the size of what the client typed.
-	frames, bytes := len(c.queue)+c.inflight, c.queued+c.inflightBytes
-	if frames >= cfg.SendQueue || frames > 0 && bytes+len(frame) > cfg.SendQueueBytes {
-		dropped := len(c.queue) + 1
-		c.mu.Unlock()
-		c.g.m.dropped.WithLabelValues(reasonSlowConsumer).Add(float64(dropped))
-		c.g.log.Debug("slow consumer", "remote", c.remote, "dropped", dropped)
-		c.sendClose(protocol.ClosePolicy, "slow consumer", reasonSlowConsumer, true)
-		return false
-	}
-	c.queue = append(c.queue, f)
-	c.queued += len(frame)
-	c.startWriter()
-	c.mu.Unlock()
-	return true
-}
-
-// sendClose queues a close frame, after what is queued or, with drop,
-// instead of it, and gives the peer closeGrace to answer. Only the first
-// close counts.
-func (c *conn) sendClose(code int, text, reason string, drop bool) {
-	frame := compileFrame(ws.OpClose, ws.NewCloseFrameBody(ws.StatusCode(code), text))
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.closing = true
-	if c.closeReason == "" {
-		c.closeCode, c.closeReason = code, reason
-	}
-	if drop {
-		clear(c.queue)
-		c.queue, c.queued = c.queue[:0], 0
-	}
-	c.queue = append(c.queue, outFrame{b: frame})
-	c.startWriter()
-	c.mu.Unlock()
-	c.nc.SetReadDeadline(time.Now().Add(closeGrace))
-}
-
-// startWriter starts flush unless it runs. Called with mu held.
-func (c *conn) startWriter() {
-	if !c.writing {
-		c.writing = true
-		c.writers.Add(1)
-		go c.flush()
-	}
-}
-
-// flush writes queued frames until the queue is empty, then exits. Frames
-// queued together go out in one writev.
-func (c *conn) flush() {
-	defer c.writers.Done()
-	var (
-		batch []outFrame
-		bufs  net.Buffers
-	)
-	for {
-		c.mu.Lock()
-		if batch != nil {
-			clear(batch) // drop references to written frames
-			c.spare = batch[:0]
-			c.inflight, c.inflightBytes = 0, 0
-		}
-		if len(c.queue) == 0 {
-			c.writing = false
-			c.mu.Unlock()
-			return
-		}
-		batch, c.queue, c.spare = c.queue, c.spare, nil
-		c.inflight, c.inflightBytes, c.queued = len(batch), c.queued, 0
-		deadline := time.Now().Add(c.g.cfg.WriteTimeout)
-		if !c.closeBy.IsZero() && c.closeBy.Before(deadline) {
-			deadline = c.closeBy
-		}
-		c.nc.SetWriteDeadline(deadline) // under mu, so teardown's deadline is never overwritten
-		c.mu.Unlock()
-
-		bufs = bufs[:0]
-		for _, f := range batch {
-			bufs = append(bufs, f.b)
-		}
-		w := bufs // WriteTo consumes its receiver
-		_, err := w.WriteTo(c.nc)
-		clear(bufs)
-		if err != nil {
-			c.writeFailed(err)
-			return
-		}
-		now := time.Now().UnixMilli()
-		for _, f := range batch {
-			if f.ts > 0 {
-				c.g.m.deliveryLatency.Observe(float64(now-f.ts) / 1000)
-			}
-		}
-	}
-}
-
-// writeFailed ends a connection whose socket cannot be written.
-func (c *conn) writeFailed(err error) {
-	reason := reasonEOF
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		reason = reasonWriteTimeout
-	}
-	c.setCause(1006, reason)
-	c.mu.Lock()
-	c.closing, c.writing = true, false
-	clear(c.queue)
-	c.queue, c.queued = nil, 0
-	c.mu.Unlock()
-	c.nc.Close() // wakes the reader, which tears down
-}
-
-func (c *conn) isClosing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closing
+	return true, false
 }
 
 // setCause records why the connection ended, unless a cause is known.
@@ -565,35 +362,4 @@ func (c *conn) setCause(code int, reason string) {
 		c.closeCode, c.closeReason = code, reason
 	}
 	c.mu.Unlock()
-}
-
-// teardown runs once, in the reader goroutine, when reading has stopped: it
-// lets the writer finish what is queued (the close frame, usually) within
-// closeGrace, closes the socket, and only then leaves the hub, so shutdown
-// waits for every socket to be closed.
-func (c *conn) teardown() {
-	g := c.g
-	if c.keepalive != nil {
-		c.keepalive.Stop()
-	}
-	c.mu.Lock()
-	c.closing = true
-	c.closeBy = time.Now().Add(closeGrace)
-	c.nc.SetWriteDeadline(c.closeBy)
-	code, reason := c.closeCode, c.closeReason
-	c.mu.Unlock()
-	c.writers.Wait()
-	c.nc.Close()
-	if c.handle != "" {
-		g.tracker.disconnect(c.handle, presenceReason(reason))
-	}
-	g.m.disconnects.WithLabelValues(strconv.Itoa(code), reason).Inc()
-	if g.log.Enabled(context.Background(), slog.LevelDebug) {
-		g.log.Debug("connection closed", "remote", c.remote, "handle", c.handle, "code", code, "reason", reason,
-			"duration", time.Since(c.born).Round(time.Millisecond))
-	}
-	if g.hub.remove(c) {
-		g.m.connections.Dec()
-	}
-	c.release()
 }

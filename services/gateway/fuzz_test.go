@@ -43,14 +43,14 @@ func FuzzConnFrames(f *testing.F) {
 	if err := g.Connect(); err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(func() { g.stopBackground(); g.nc.Close() })
+	f.Cleanup(func() { g.stopBackground(); g.nc.Close(); g.closeIO() })
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		srv, cli := net.Pipe()
 		c := newConn(g, srv)
 		done := make(chan struct{})
 		go func() {
-			c.serve("", false, g.hub.add(c))
+			c.start(nil, "", false, g.hub.add(c))
 			close(done)
 		}()
 		go io.Copy(io.Discard, cli) // whatever the gateway answers

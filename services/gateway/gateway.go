@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -87,6 +88,7 @@ type Gateway struct {
 	log      *slog.Logger
 	m        *metrics
 	hub      *hub
+	poller   *poller // reads every socket; nil: a goroutine per socket does
 	admit    *admission
 	upgrader ws.HTTPUpgrader
 	nc       *nats.Conn // set by Connect, before any connection is accepted
@@ -112,7 +114,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Gateway {
 		inst:  nuid.Next(),
 		log:   log.With("service", "gateway"),
 		m:     newMetrics(reg),
-		hub:   newHub(),
+		hub:   newHub(cfg),
 		admit: newAdmission(cfg),
 		upgrader: ws.HTTPUpgrader{
 			Timeout:  cfg.HandshakeTimeout,
@@ -121,7 +123,23 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) *Gateway {
 		draining: make(chan struct{}),
 	}
 	g.relay = newRelay(g)
+	if cfg.IOMode == "epoll" {
+		p, err := newPoller(runtime.GOMAXPROCS(0), g.log)
+		if err != nil {
+			g.log.Warn("epoll unavailable; reading each socket with a goroutine", "err", err)
+		} else {
+			g.poller = p
+		}
+	}
 	return g
+}
+
+// closeIO stops the flushers and the poller, once every socket is closed.
+func (g *Gateway) closeIO() {
+	g.hub.close()
+	if g.poller != nil {
+		g.poller.close()
+	}
 }
 
 // Ready reports why the gateway cannot take traffic, or nil.
@@ -268,6 +286,7 @@ func (g *Gateway) shutdown(srv *http.Server) error {
 		g.log.Warn("nats drain timed out")
 		g.nc.Close()
 	}
+	g.closeIO()
 	g.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

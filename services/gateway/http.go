@@ -3,7 +3,6 @@ package gateway
 import (
 	"bufio"
 	"bytes"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -42,7 +41,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	release, rej := g.admit.admit(r)
+	ip, rej := g.admit.admit(r)
 	if rej != nil {
 		g.m.upgrades.WithLabelValues(strconv.Itoa(rej.status)).Inc()
 		g.log.Debug("upgrade refused", "remote", r.RemoteAddr, "status", rej.status, "reason", rej.reason)
@@ -69,12 +68,12 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		// Join the hub before the upgrade response goes out, so a client
 		// cannot miss a message published once it sees it is connected.
 		c = newConn(g, nc)
-		c.release = release
+		c.ip, c.admitted = ip, true
 		registered = g.hub.add(c)
 	}}
 	nc, rw, _, err := g.upgrader.Upgrade(r, hook)
 	if err != nil {
-		release()
+		g.admit.release(ip)
 		if registered {
 			g.hub.remove(c)
 		}
@@ -90,11 +89,12 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	// Frames a client sent right behind its request may sit in the HTTP
 	// server's buffer; read those first, then the socket, and let the
 	// 4 KiB buffer go.
+	var early []byte
 	if n := rw.Reader.Buffered(); n > 0 {
-		early, _ := rw.Reader.Peek(n)
-		c.r = io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc)
+		early, _ = rw.Reader.Peek(n)
+		early = bytes.Clone(early)
 	}
-	go c.serve(handle, hasHandle, registered)
+	go c.start(early, handle, hasHandle, registered)
 }
 
 // hijackHook lets serveWS act between the hijack and the upgrade response,

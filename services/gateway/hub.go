@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"context"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -11,59 +13,125 @@ const shutdownPause = 100 * time.Millisecond
 
 // hub is the registry of this gateway's connections: the broadcast target,
 // and what shutdown closes (http.Server.Shutdown does not know about
-// hijacked connections).
+// hijacked connections). Connections are spread over shards, one per CPU:
+// each shard's flusher writes its connections, so the writing is done by a
+// few goroutines, in parallel, whatever the number of clients.
 type hub struct {
-	mu     sync.RWMutex
-	conns  map[*conn]struct{}
+	shards []*shard
+	next   atomic.Uint32
+	stop   chan struct{}  // closed to stop the flushers
+	done   sync.WaitGroup // the flushers
+
+	mu     sync.Mutex
+	count  int
 	closed bool          // shutting down: add refuses
-	empty  chan struct{} // closed once closed is set and conns is empty
+	empty  chan struct{} // closed once closed is set and count is 0
 }
 
-func newHub() *hub {
-	return &hub{conns: make(map[*conn]struct{}), empty: make(chan struct{})}
+// shard is a share of the connections, and the goroutine that writes them
+// and keeps them alive.
+type shard struct {
+	interval time.Duration
+	cfg      Config
+	wake     chan struct{} // a connection was marked dirty
+	scratch  scratch       // the flusher's, for building writes
+
+	mu    sync.Mutex
+	conns []*conn // each at its conn.slot: a slice, not a map, for a million of them
+	dirty []*conn // connections with something queued and no write under way
+	spare []*conn // the flusher's last list, reused
+}
+
+func newHub(cfg Config) *hub {
+	h := &hub{stop: make(chan struct{}), empty: make(chan struct{})}
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		s := &shard{interval: cfg.FlushInterval, cfg: cfg, wake: make(chan struct{}, 1)}
+		h.shards = append(h.shards, s)
+		h.done.Add(1)
+		go func() {
+			defer h.done.Done()
+			s.run(h.stop)
+		}()
+	}
+	return h
+}
+
+// pick chooses the shard of a new connection, round robin.
+func (h *hub) pick() *shard {
+	return h.shards[int(h.next.Add(1))%len(h.shards)]
 }
 
 // add registers c. It reports false when the hub is shutting down.
 func (h *hub) add(c *conn) bool {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if h.closed {
+		h.mu.Unlock()
 		return false
 	}
-	h.conns[c] = struct{}{}
+	h.count++
+	h.mu.Unlock()
+	s := c.sh
+	s.mu.Lock()
+	c.slot = len(s.conns)
+	s.conns = append(s.conns, c)
+	s.mu.Unlock()
 	return true
 }
 
 // remove unregisters c, reporting whether it was registered.
 func (h *hub) remove(c *conn) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.conns[c]; !ok {
+	s := c.sh
+	s.mu.Lock()
+	ok := c.slot >= 0
+	if ok { // the last one takes its slot
+		last := s.conns[len(s.conns)-1]
+		s.conns[c.slot], last.slot = last, c.slot
+		s.conns[len(s.conns)-1] = nil
+		s.conns = s.conns[:len(s.conns)-1]
+		c.slot = -1
+	}
+	s.mu.Unlock()
+	if !ok {
 		return false
 	}
-	delete(h.conns, c)
-	if h.closed && len(h.conns) == 0 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.count--; h.closed && h.count == 0 {
 		close(h.empty)
 	}
 	return true
 }
 
 func (h *hub) len() int {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return len(h.conns)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.count
 }
 
 // broadcast queues f, a complete websocket frame, for every connection:
 // the same bytes for all, never blocking. It returns how many took it.
 func (h *hub) broadcast(f outFrame) int {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
 	n := 0
-	for c := range h.conns {
-		if c.enqueue(f) {
-			n++
+	var overflowed []*conn
+	for _, s := range h.shards {
+		s.mu.Lock()
+		for _, c := range s.conns {
+			queued, mark, overflow := c.push(f)
+			if queued {
+				n++
+			}
+			if mark {
+				s.dirty = append(s.dirty, c)
+			}
+			if overflow {
+				overflowed = append(overflowed, c)
+			}
 		}
+		s.mu.Unlock()
+		s.poke()
+	}
+	for _, c := range overflowed { // outside the shard locks: it takes them
+		c.slowConsumer()
 	}
 	return n
 }
@@ -76,15 +144,17 @@ func (h *hub) shutdown(ctx context.Context, code int, text string, batch int) er
 	h.mu.Lock()
 	if !h.closed {
 		h.closed = true
-		if len(h.conns) == 0 {
+		if h.count == 0 {
 			close(h.empty)
 		}
 	}
-	conns := make([]*conn, 0, len(h.conns))
-	for c := range h.conns {
-		conns = append(conns, c)
-	}
 	h.mu.Unlock()
+	var conns []*conn
+	for _, s := range h.shards {
+		s.mu.Lock()
+		conns = append(conns, s.conns...)
+		s.mu.Unlock()
+	}
 	for i, c := range conns {
 		if i > 0 && i%batch == 0 {
 			select {
@@ -99,5 +169,106 @@ func (h *hub) shutdown(ctx context.Context, code int, text string, batch int) er
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// close stops the flushers. Connections still open are no longer written.
+func (h *hub) close() {
+	close(h.stop)
+	h.done.Wait()
+}
+
+// markDirty puts c on the flush list.
+func (s *shard) markDirty(c *conn) {
+	s.mu.Lock()
+	s.dirty = append(s.dirty, c)
+	s.mu.Unlock()
+	s.poke()
+}
+
+func (s *shard) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// keepaliveTick is how often a shard sweeps its connections for the
+// keepalive: a client is pinged, or dropped, up to one tick late.
+func keepaliveTick(cfg Config) time.Duration {
+	return min(max(min(cfg.PingInterval, cfg.PongTimeout)/10, 10*time.Millisecond), time.Second)
+}
+
+// run is the shard's flusher: when connections are dirty it writes each,
+// but not more often than once per interval: a quiet shard flushes at once,
+// a busy one gathers what arrives meanwhile into fewer, larger writes.
+// Every keepaliveTick it sweeps its connections for the keepalive: one
+// ticker for them all, rather than a timer each.
+func (s *shard) run(stop <-chan struct{}) {
+	var last time.Time
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	tick := time.NewTicker(keepaliveTick(s.cfg))
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.wake:
+		case <-tick.C:
+			s.sweep()
+		case <-stop:
+			return
+		}
+		if wait := s.interval - time.Since(last); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-stop:
+				return
+			}
+		}
+		last = time.Now()
+		s.mu.Lock()
+		dirty := s.dirty
+		s.dirty = s.spare[:0]
+		s.mu.Unlock()
+		for i, c := range dirty {
+			c.flushFromShard(&s.scratch)
+			dirty[i] = nil
+		}
+		s.spare = dirty[:0]
+	}
+}
+
+// sweep pings the shard's connections that have been quiet for
+// PingInterval, and drops, without a close handshake, those that did not
+// answer a ping within PongTimeout: a dead peer.
+func (s *shard) sweep() {
+	var dead, overflowed []*conn
+	s.mu.Lock()
+	for _, c := range s.conns {
+		ping, gone := c.checkAlive(s.cfg.PingInterval, s.cfg.PongTimeout)
+		switch {
+		case gone:
+			dead = append(dead, c)
+		case ping:
+			_, mark, overflow := c.push(outFrame{b: pingFrame})
+			if mark {
+				s.dirty = append(s.dirty, c)
+			}
+			if overflow {
+				overflowed = append(overflowed, c)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range dead {
+		if !c.isClosing() { // one closing has its own deadline
+			c.g.log.Debug("dead peer", "remote", c.remote())
+			c.setCause(1006, reasonTimeout)
+			c.abort()
+		}
+	}
+	for _, c := range overflowed {
+		c.slowConsumer()
 	}
 }

@@ -13,8 +13,14 @@ import (
 // A client that stops reading is cut off with 1008 "slow consumer" once its
 // queue overflows, while everyone else keeps getting every message promptly.
 func TestSlowReaderIsCutOff(t *testing.T) {
+	for _, mode := range ioModes {
+		t.Run(mode, func(t *testing.T) { testSlowReaderIsCutOff(t, mode) })
+	}
+}
+
+func testSlowReaderIsCutOff(t *testing.T, mode string) {
 	ns := testkit.StartNATS(t)
-	g := startGateway(t, ns.ClientURL(), map[string]string{"SEND_QUEUE": "16"})
+	g := startGateway(t, ns.ClientURL(), map[string]string{"SEND_QUEUE": "16", "IO_MODE": mode})
 	// A tiny receive buffer so the kernel stops absorbing for it early.
 	slow := testkit.Dial(t, g.ws+"?handle=slow", testkit.DialOptions{ReadBuffer: 4096})
 	talker := join(t, g, "talker")
