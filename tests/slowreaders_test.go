@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,14 +39,6 @@ func rss(t *testing.T, pid int) int64 {
 	return 0
 }
 
-func raiseFileLimit(t *testing.T) {
-	var l syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err == nil && l.Cur < l.Max {
-		l.Cur = l.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
-	}
-}
-
 // A thousand clients stop reading while one sender floods: the gateway's
 // memory stays within slowReaderBound, the stuck clients are cut off, and
 // the clients that do read keep getting every message quickly.
@@ -55,7 +46,7 @@ func TestThousandSlowReadersAndAFlood(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens a thousand connections")
 	}
-	raiseFileLimit(t)
+	testkit.NeedOpenFiles(t, 2500)
 	ns := testkit.StartNATS(t)
 	gw := startGatewayProcess(t, ns.ClientURL(), "RATE_LIMIT=1e6", "RATE_BURST=1000000", "MAX_CONNECTIONS_PER_IP=0", "LOG_LEVEL=info")
 	pid := gw.cmd.Process.Pid

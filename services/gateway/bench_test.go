@@ -1,11 +1,9 @@
 package gateway_test
 
 import (
-	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,7 +25,7 @@ func BenchmarkRelayOneSenderTo1000(b *testing.B) {
 }
 
 func benchmarkRelay(b *testing.B, clients int) {
-	raiseOpenFiles(b, 2*clients+100)
+	testkit.NeedOpenFiles(b, 2*clients+100)
 	ns := testkit.StartNATS(b)
 	g := testkit.Start(b, gatewayRun, map[string]string{
 		"HOST": "127.0.0.1", "PORT": "0", "METRICS_ADDR": "127.0.0.1:0",
@@ -99,19 +97,4 @@ func benchmarkRelay(b *testing.B, clients int) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 	b.ReportMetric(float64(b.N)*float64(clients)/elapsed.Seconds(), "deliveries/s")
-}
-
-// raiseOpenFiles lifts the soft limit on open files to what n sockets need.
-func raiseOpenFiles(tb testing.TB, n int) {
-	var l syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
-		tb.Fatal(err)
-	}
-	if l.Cur >= uint64(n) {
-		return
-	}
-	l.Cur = min(max(uint64(n), l.Cur), l.Max)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil || l.Cur < uint64(n) {
-		tb.Skip(fmt.Sprintf("need %d open files, limit is %d: %v", n, l.Cur, err))
-	}
 }

@@ -15,8 +15,22 @@ import (
 // maxIovecs is the most frames one writev takes (the kernel's IOV_MAX).
 const maxIovecs = 1024
 
-// scratch is a shard flusher's space for building writes, reused.
-type scratch struct{ iov []unix.Iovec }
+// scratch is a shard flusher's space for building writes, reused: the
+// vectors, and the function RawConn.Write calls with its results, made
+// once (a closure made per write would be an allocation per write).
+type scratch struct {
+	iov   []unix.Iovec
+	n     int
+	errno unix.Errno
+	write func(fd uintptr) bool
+}
+
+// writev is scratch.write: one attempt, never a wait.
+func (s *scratch) writev(fd uintptr) bool {
+	r, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&s.iov[0])), uintptr(len(s.iov)))
+	s.n, s.errno = int(r), e
+	return true
+}
 
 // tryWrite writes batch in one writev that does not block, returning the
 // bytes the kernel took; errWouldBlock if it took none.
@@ -35,15 +49,11 @@ func (c *conn) tryWrite(batch []outFrame, s *scratch) (int, error) {
 	if len(s.iov) == 0 {
 		return 0, nil
 	}
-	var (
-		n     int
-		errno unix.Errno
-	)
-	err := c.raw.Write(func(fd uintptr) bool {
-		r, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&s.iov[0])), uintptr(len(s.iov)))
-		n, errno = int(r), e
-		return true // one attempt: never wait here
-	})
+	if s.write == nil {
+		s.write = s.writev
+	}
+	err := c.raw.Write(s.write)
+	n, errno := s.n, s.errno
 	clear(s.iov) // the frames may go
 	switch {
 	case err != nil:
@@ -228,28 +238,38 @@ func (p *poller) wait() {
 
 func (p *poller) work() {
 	defer p.done.Done()
-	buf := make([]byte, 16<<10)
+	w := &worker{buf: make([]byte, 16<<10)}
+	w.read = w.readOnce
 	for c := range p.ready {
-		if c.readReady(buf) {
+		if c.readReady(w) {
 			p.rearm(c)
 		}
 	}
 }
 
+// worker is a poller worker's buffer, and the function RawConn.Read calls
+// with its results, made once.
+type worker struct {
+	buf   []byte
+	n     int
+	errno error
+	read  func(fd uintptr) bool
+}
+
+// readOnce is worker.read: one attempt, never a wait.
+func (w *worker) readOnce(fd uintptr) bool {
+	w.n, w.errno = unix.Read(int(fd), w.buf)
+	return true
+}
+
 // readReady reads what c's socket has and parses it, holding readMu so
 // that reads and parsing stay in order. It reports whether to wait for more.
-func (c *conn) readReady(buf []byte) bool {
+func (c *conn) readReady(w *worker) bool {
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
 	for range 4 { // then give the other connections a turn
-		var (
-			n     int
-			errno error
-		)
-		err := c.raw.Read(func(fd uintptr) bool {
-			n, errno = unix.Read(int(fd), buf)
-			return true // one attempt: never wait here
-		})
+		err := c.raw.Read(w.read)
+		n, errno := w.n, w.errno
 		switch {
 		case err != nil: // closed under us
 			go c.teardown()
@@ -263,11 +283,11 @@ func (c *conn) readReady(buf []byte) bool {
 			go c.teardown()
 			return false
 		}
-		if !c.consumeLocked(buf[:n]) {
+		if !c.consumeLocked(w.buf[:n]) {
 			go c.teardown()
 			return false
 		}
-		if n < len(buf) {
+		if n < len(w.buf) {
 			return true
 		}
 	}
