@@ -12,14 +12,20 @@ import (
 
 // benchGateways builds a State holding gateways × perGateway distinct
 // handles, one session each, the way a running system gets there: a
-// heartbeat, then a full sync, per gateway. It returns the heartbeat each
-// gateway sends in steady state.
-func benchGateways(b *testing.B, gateways, perGateway int) (*State, []protocol.Heartbeat) {
+// heartbeat, then a full sync, per gateway. The handles are new to presence
+// (unconfirmed), so each is announced with a join. It returns the heartbeat
+// each gateway sends in steady state.
+func benchGateways(b testing.TB, gateways, perGateway int) (*State, []protocol.Heartbeat) {
 	b.Helper()
 	var notices int
+	built := false
 	s := NewState(3*time.Second, Outputs{
 		Notice: func(protocol.Notice) { notices++ },
-		Sync:   func(string, string) {},
+		Sync: func(gw, _ string) {
+			if built { // a steady heartbeat whose digest does not match
+				b.Errorf("gateway %s asked for a sync after the state was built", gw)
+			}
+		},
 		Lost:   func(gw string) { b.Errorf("gateway %s lost during the benchmark", gw) },
 	})
 	s.endQuiet()
@@ -29,21 +35,38 @@ func benchGateways(b *testing.B, gateways, perGateway int) (*State, []protocol.H
 	hbs := make([]protocol.Heartbeat, gateways)
 	for g := range gateways {
 		id := fmt.Sprintf("gw%03d", g)
-		c := protocol.SyncChunk{Gateway: id, Instance: id + "-1", IntervalMS: interval.Milliseconds(), Seq: 1, Parts: 1, Handles: make(map[string]int, perGateway)}
+		c := protocol.SyncChunk{Gateway: id, Instance: id + "-1", IntervalMS: interval.Milliseconds(), Seq: 1, Parts: 1,
+			Handles: make(map[string]int, perGateway), Unconfirmed: make([]string, 0, perGateway)}
 		var d protocol.Digest
 		for u := range perGateway {
 			h := fmt.Sprintf("user-%03d-%05d", g, u)
 			c.Handles[h] = 1
+			c.Unconfirmed = append(c.Unconfirmed, h)
 			d.Update(h, 0, 1)
 		}
 		hbs[g] = protocol.Heartbeat{Gateway: id, Instance: c.Instance, IntervalMS: interval.Milliseconds(), Seq: 1, Digest: d.String(), Handles: perGateway, Sessions: perGateway}
 		s.Heartbeat(hbs[g])
 		s.Synced(c)
 	}
-	if notices != gateways*perGateway {
-		b.Fatalf("%d joins for %d handles", notices, gateways*perGateway)
+	if st := s.Stats(); notices != gateways*perGateway || st.Online != gateways*perGateway {
+		b.Fatalf("%d joins and %d online for %d handles", notices, st.Online, gateways*perGateway)
 	}
+	built = true
 	return s, hbs
+}
+
+// The benchmarks' state is what it claims to be: everyone joined, every
+// heartbeat matches, and a heartbeat round changes nothing. (Benchmarks do
+// not run with the tests; this keeps their setup from rotting unseen.)
+func TestBenchmarkState(t *testing.T) {
+	s, hbs := benchGateways(t, 3, 10)
+	before := s.Stats()
+	for _, hb := range hbs {
+		s.Heartbeat(hb)
+	}
+	if after := s.Stats(); after != before || after.Online != 30 || after.Gateways != 3 {
+		t.Fatalf("after a heartbeat round %+v, before %+v", after, before)
+	}
 }
 
 // BenchmarkPresence100x10000 is presence with 100 gateways of 10,000 handles
