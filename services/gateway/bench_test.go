@@ -98,3 +98,13 @@ func benchmarkRelay(b *testing.B, clients int) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 	b.ReportMetric(float64(b.N)*float64(clients)/elapsed.Seconds(), "deliveries/s")
 }
+
+// The relay benchmark runs, on a few clients. (Benchmarks do not run with
+// the tests; this keeps them from rotting unseen.)
+func TestRelayBenchmarkRuns(t *testing.T) {
+	r := testing.Benchmark(func(b *testing.B) { benchmarkRelay(b, 20) })
+	if r.N == 0 {
+		t.Fatal("BenchmarkRelayOneSenderTo1000 failed or was skipped")
+	}
+	t.Log(r.String())
+}

@@ -108,3 +108,13 @@ func benchmarkBroadcast(b *testing.B, clients int, flush time.Duration) {
 	b.ReportMetric(float64(b.N)*float64(clients)/b.Elapsed().Seconds(), "deliveries/s")
 
 }
+
+// The broadcast benchmark runs, on a few clients. (Benchmarks do not run
+// with the tests; this keeps them from rotting unseen.)
+func TestBroadcastBenchmarkRuns(t *testing.T) {
+	r := testing.Benchmark(func(b *testing.B) { benchmarkBroadcast(b, 20, 0) })
+	if r.N == 0 {
+		t.Fatal("BenchmarkBroadcast failed or was skipped")
+	}
+	t.Log(r.String(), r.MemString())
+}
