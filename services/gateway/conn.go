@@ -57,9 +57,8 @@ type conn struct {
 	slot     int             // its index in sh.conns; -1 when not there; guarded by sh.mu
 	born     time.Time       // monotonic base for the times below kept as int64
 	ip       string          // the address admission counted it against
-	admitted bool            // teardown gives its admission back
+	admitted atomic.Bool     // its admission is to be given back, once
 	polled   atomic.Bool     // the epoll poller reads it
-	fd       int             // its descriptor, once polled
 	pollID   uint64          // its id in the poller, once polled
 
 	readMu sync.Mutex // held by the reader: the fields below are the reader's
@@ -141,7 +140,9 @@ func (c *conn) start(early []byte, handle string, hasHandle, registered bool) {
 		}
 		if hasHandle {
 			c.readMu.Lock()
-			c.bind(handle)
+			if !c.rd.ended { // a failed write may have ended it already: then it never had a handle
+				c.bind(handle)
+			}
 			c.readMu.Unlock()
 		}
 	}
@@ -149,8 +150,16 @@ func (c *conn) start(early []byte, handle string, hasHandle, registered bool) {
 		c.teardown()
 		return
 	}
-	if g.poller != nil && c.raw != nil && g.poller.add(c) == nil {
-		return // the poller's workers read it from now on
+	// Under readMu, so teardown either comes first (and nothing is
+	// registered) or sees the registration it must undo.
+	c.readMu.Lock()
+	ended, polled := c.rd.ended, false
+	if !ended && g.poller != nil && c.raw != nil {
+		polled = g.poller.add(c) == nil
+	}
+	c.readMu.Unlock()
+	if ended || polled {
+		return // teardown has it, or the poller's workers read it from now on
 	}
 	c.readLoop(c.nc)
 }
@@ -201,7 +210,7 @@ func (c *conn) teardown() {
 		if g.hub.remove(c) {
 			g.m.connections.Dec()
 		}
-		if c.admitted {
+		if c.admitted.Swap(false) {
 			g.admit.release(c.ip)
 		}
 	})

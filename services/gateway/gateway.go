@@ -56,6 +56,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	reg := ops.NewRegistry()
 	g := New(cfg, log, reg)
 	if err := g.Connect(); err != nil {
+		g.closeIO()
 		ln.Close()
 		opsLn.Close()
 		return err
@@ -254,6 +255,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	case err := <-served:
 		g.nc.Close()
+		g.closeIO()
 		return fmt.Errorf("serve: %w", err)
 	}
 	return g.shutdown(srv)

@@ -68,13 +68,17 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		// Join the hub before the upgrade response goes out, so a client
 		// cannot miss a message published once it sees it is connected.
 		c = newConn(g, nc)
-		c.ip, c.admitted = ip, true
+		c.ip = ip
+		c.admitted.Store(true)
 		registered = g.hub.add(c)
 	}}
 	nc, rw, _, err := g.upgrader.Upgrade(r, hook)
 	if err != nil {
-		g.admit.release(ip)
-		if registered {
+		if c == nil || c.admitted.Swap(false) {
+			g.admit.release(ip)
+		}
+		if c != nil {
+			c.ended.Do(func() {}) // it never started: nothing to tear down
 			g.hub.remove(c)
 		}
 		if nc != nil {

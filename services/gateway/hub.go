@@ -64,12 +64,13 @@ func (h *hub) pick() *shard {
 // add registers c. It reports false when the hub is shutting down.
 func (h *hub) add(c *conn) bool {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.closed {
-		h.mu.Unlock()
 		return false
 	}
 	h.count++
-	h.mu.Unlock()
+	// Still under h.mu: shutdown, once it has set closed, finds every
+	// connection counted in a shard.
 	s := c.sh
 	s.mu.Lock()
 	c.slot = len(s.conns)

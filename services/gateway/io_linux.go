@@ -134,11 +134,12 @@ func event(events uint32, id uint64) *unix.EpollEvent {
 func eventID(ev *unix.EpollEvent) uint64 { return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32 }
 
 // add makes the poller read c from now on.
+//
+// Every epoll_ctl on a connection's descriptor runs inside RawConn.Control,
+// which holds the descriptor open, and fails once it is closed: a number
+// closed and reused by a new connection is never touched on behalf of the
+// old one.
 func (p *poller) add(c *conn) error {
-	var fd int
-	if err := c.raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return err
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var slot uint32
@@ -152,10 +153,16 @@ func (p *poller) add(c *conn) error {
 	if p.gen == 0 {
 		p.gen = 1 // so no id is wakeID
 	}
-	c.fd, c.pollID = fd, uint64(p.gen)<<32|uint64(slot)
+	c.pollID = uint64(p.gen)<<32 | uint64(slot)
 	p.slots[slot] = c
 	c.polled.Store(true)
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, event(pollEvents, c.pollID)); err != nil {
+	var err error
+	if cerr := c.raw.Control(func(fd uintptr) {
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), event(pollEvents, c.pollID))
+	}); cerr != nil {
+		err = cerr
+	}
+	if err != nil {
 		p.slots[slot] = nil
 		p.free = append(p.free, slot)
 		c.polled.Store(false)
@@ -171,7 +178,13 @@ func (p *poller) rearm(c *conn) {
 	if p.lookup(c.pollID) != c {
 		return // torn down meanwhile
 	}
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, c.fd, event(pollEvents, c.pollID)); err != nil {
+	var err error
+	if cerr := c.raw.Control(func(fd uintptr) {
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), event(pollEvents, c.pollID))
+	}); cerr != nil {
+		err = cerr
+	}
+	if err != nil {
 		go c.teardown()
 	}
 }

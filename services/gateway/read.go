@@ -81,13 +81,18 @@ func (c *conn) consumeLocked(data []byte) bool {
 	if rd.ended {
 		return false
 	}
-	if len(rd.stash) > 0 {
-		rd.stash = append(rd.stash, data...)
+	stashed := len(rd.stash) > 0
+	if stashed {
+		rd.stash = append(rd.stash, data...) // amortized: a frame trickled a byte at a time costs linear work
 		data = rd.stash
 	}
 	more := c.frames(&data)
-	rd.stash = nil
-	if more && len(data) > 0 {
+	switch {
+	case !more || len(data) == 0:
+		rd.stash = nil // an idle connection holds no buffer
+	case stashed: // the rest is the stash's tail: move it to the front
+		rd.stash = rd.stash[:copy(rd.stash, data)]
+	default: // the rest is in the caller's buffer
 		rd.stash = bytes.Clone(data)
 	}
 	return more

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -86,5 +87,33 @@ func TestFramesSplitAnywhere(t *testing.T) {
 		}
 		cli.Close()
 		<-done
+	}
+}
+
+// A frame trickled a byte per read costs work linear in its size, not
+// quadratic: a client cannot make the shared readers copy its message over
+// and over.
+func TestTrickledFrameCostsLinearWork(t *testing.T) {
+	g := New(keepaliveConfig(), slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	t.Cleanup(g.closeIO)
+	srv, cli := net.Pipe()
+	defer cli.Close()
+	c := newConn(g, srv)
+	frame, err := ws.CompileFrame(ws.MaskFrame(ws.NewTextFrame([]byte(`"` + strings.Repeat("x", 60<<10) + `"`))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range frame {
+		if !c.consume(frame[i : i+1]) {
+			t.Fatal("the connection ended")
+		}
+	}
+	runtime.ReadMemStats(&after)
+	// Doubling growth of one buffer is under 4× the frame; a copy per
+	// read would be tens of thousands of times that.
+	if got := after.TotalAlloc - before.TotalAlloc; got > 8*uint64(len(frame)) {
+		t.Fatalf("a %d-byte frame a byte at a time allocated %d bytes", len(frame), got)
 	}
 }

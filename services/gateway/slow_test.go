@@ -55,3 +55,30 @@ func testSlowReaderIsCutOff(t *testing.T, mode string) {
 	talker.Send(`{"type":"message","message":"after the cut"}`)
 	talker.ExpectMessage("talker", "after the cut", wait)
 }
+
+// A reader that falls behind for a moment (a burst bigger than its socket
+// buffers) and catches up is a healthy client: it is not dropped later,
+// however long it is quiet afterwards (the slow writer's deadline does not
+// outlive its write).
+func TestCaughtUpReaderStaysConnected(t *testing.T) {
+	for _, mode := range ioModes {
+		t.Run(mode, func(t *testing.T) {
+			ns := testkit.StartNATS(t)
+			g := startGateway(t, ns.ClientURL(), map[string]string{"WRITE_TIMEOUT": "1s", "IO_MODE": mode})
+			reader := testkit.Dial(t, g.ws+"?handle=reader", testkit.DialOptions{ReadBuffer: 4096})
+			talker := join(t, g, "talker")
+
+			payload := strings.Repeat("y", 16<<10)
+			for i := range 12 { // ~200 KiB while the reader is not reading
+				talker.Send(fmt.Sprintf(`{"type":"message","message":"%d %s"}`, i, payload))
+				talker.ExpectMessage("talker", fmt.Sprintf("%d %s", i, payload), wait)
+			}
+			for i := range 12 {
+				reader.ExpectMessage("talker", fmt.Sprintf("%d %s", i, payload), wait)
+			}
+			time.Sleep(1500 * time.Millisecond) // quiet for longer than WRITE_TIMEOUT: the point of the test
+			talker.Send(`{"type":"message","message":"later"}`)
+			reader.ExpectMessage("talker", "later", wait)
+		})
+	}
+}

@@ -71,6 +71,10 @@ func (c *conn) enqueue(f outFrame) bool {
 // dropped, and a close frame takes its place.
 func (c *conn) slowConsumer() {
 	c.mu.Lock()
+	if c.closing { // another broadcast got here first
+		c.mu.Unlock()
+		return
+	}
 	dropped := len(c.queue) + 1
 	c.mu.Unlock()
 	c.g.m.dropped.WithLabelValues(reasonSlowConsumer).Add(float64(dropped))
@@ -101,7 +105,9 @@ func (c *conn) sendClose(code int, text, reason string, drop bool) {
 	if !c.held && !c.writing && !c.closed {
 		c.startSlow(nil, 0)
 	}
-	c.linger = time.AfterFunc(closeGrace, c.abort)
+	// If the peer does not answer, teardown: it gives a writer still busy
+	// with the close frame closeGrace more, then closes the socket.
+	c.linger = time.AfterFunc(closeGrace, func() { c.teardown() })
 }
 
 // startSlow hands the socket to a writer goroutine, which writes batch
@@ -232,6 +238,11 @@ func (c *conn) slowFlush(batch []outFrame, written int) {
 			c.recycle(batch)
 		}
 		if len(c.queue) == 0 {
+			if c.closeBy.IsZero() {
+				// Caught up: the next writes are the flusher's, which
+				// must not meet this write's deadline later.
+				c.nc.SetWriteDeadline(time.Time{})
+			}
 			c.writing = false
 			c.mu.Unlock()
 			return
