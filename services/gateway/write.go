@@ -33,24 +33,24 @@ type outFrame struct {
 // must now be put on its shard's flush list, and whether it just overflowed
 // (the caller then calls slowConsumer, holding no locks).
 func (c *conn) push(f outFrame) (queued, mark, overflow bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		return false, false, false
-	}
-	cfg := c.g.cfg
+	cfg := &c.g.cfg
+	c.mu.Lock() // no defer: this runs once per socket per message
 	// The limits count what is being written too. One frame always fits
 	// when nothing is pending, however large: a stamped message can be
 	// several times the size of what the client typed.
 	frames, bytes := len(c.queue)+c.inflight, c.queued+c.inflightBytes
-	if frames >= cfg.SendQueue || frames > 0 && bytes+len(f.b) > cfg.SendQueueBytes {
-		return false, false, true
+	switch {
+	case c.closing:
+	case frames >= cfg.SendQueue || frames > 0 && bytes+len(f.b) > cfg.SendQueueBytes:
+		overflow = true
+	default:
+		c.queue = append(c.queue, f)
+		c.queued += len(f.b)
+		queued, mark = true, !c.held && !c.writing && !c.dirty
+		c.dirty = c.dirty || mark
 	}
-	c.queue = append(c.queue, f)
-	c.queued += len(f.b)
-	mark = !c.held && !c.writing && !c.dirty
-	c.dirty = c.dirty || mark
-	return true, mark, false
+	c.mu.Unlock()
+	return queued, mark, overflow
 }
 
 // send queues a frame for this client alone.
