@@ -30,6 +30,7 @@ func benchmarkRelay(b *testing.B, clients int) {
 	g := testkit.Start(b, gatewayRun, map[string]string{
 		"HOST": "127.0.0.1", "PORT": "0", "METRICS_ADDR": "127.0.0.1:0",
 		"NATS_URL": ns.ClientURL(), "LOG_LEVEL": "info", "RATE_LIMIT": "1e6", "RATE_BURST": "1000000",
+		"MAX_CONNECTIONS_PER_IP": "0", // every client is on 127.0.0.1
 	}, "gateway listening")
 	url := "ws://" + g.Attrs["addr"] + "/ws?handle="
 
