@@ -156,13 +156,7 @@ func (p *poller) add(c *conn) error {
 	c.pollID = uint64(p.gen)<<32 | uint64(slot)
 	p.slots[slot] = c
 	c.polled.Store(true)
-	var err error
-	if cerr := c.raw.Control(func(fd uintptr) {
-		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), event(pollEvents, c.pollID))
-	}); cerr != nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := p.ctl(c, unix.EPOLL_CTL_ADD); err != nil {
 		p.slots[slot] = nil
 		p.free = append(p.free, slot)
 		c.polled.Store(false)
@@ -178,15 +172,21 @@ func (p *poller) rearm(c *conn) {
 	if p.lookup(c.pollID) != c {
 		return // torn down meanwhile
 	}
-	var err error
-	if cerr := c.raw.Control(func(fd uintptr) {
-		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), event(pollEvents, c.pollID))
-	}); cerr != nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := p.ctl(c, unix.EPOLL_CTL_MOD); err != nil {
 		go c.teardown()
 	}
+}
+
+// ctl adds c's socket to the epoll set, or rearms it, while RawConn.Control
+// holds the descriptor open: an error if it is closed.
+func (p *poller) ctl(c *conn, op int) error {
+	var err error
+	if cerr := c.raw.Control(func(fd uintptr) {
+		err = unix.EpollCtl(p.epfd, op, int(fd), event(pollEvents, c.pollID))
+	}); cerr != nil {
+		return cerr
+	}
+	return err
 }
 
 // remove stops reading c. Its descriptor may be closed already (which

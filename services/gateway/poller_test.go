@@ -66,68 +66,56 @@ func TestPollerSurvivesChurn(t *testing.T) {
 	}()
 	ping, _ := ws.CompileFrame(ws.MaskFrame(ws.NewPingFrame([]byte("x"))))
 	var stuck, answered atomic.Int64
-	for range 50 { // live clients: ping, expect the pong
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				cli, err := net.Dial("tcp", ln.Addr().String())
-				if err != nil {
-					continue
-				}
-				for range 5 {
-					cli.Write(ping)
-					if err := awaitPong(cli, 3*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
-						stuck.Add(1)
-						break
-					} else if err != nil {
-						break // cut off (a slow consumer, say): not the poller's doing
+	// clients starts n clients that connect, do their part, close, and
+	// again, until stop.
+	clients := func(n int, client func(r *rand.Rand, cli *net.TCPConn)) {
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := rand.New(rand.NewPCG(uint64(i), 1))
+				for {
+					select {
+					case <-stop:
+						return
+					default:
 					}
-					answered.Add(1)
-				}
-				cli.Close()
-			}
-		}()
-	}
-	for i := range 50 { // churn
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(uint64(i), 1))
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				cli, err := net.Dial("tcp", ln.Addr().String())
-				if err != nil {
-					continue
-				}
-				tc := cli.(*net.TCPConn)
-				tc.SetReadBuffer(4096)
-				switch r.IntN(4) {
-				case 0: // a few pings, then a reset
-					for range 10 {
-						cli.Write(ping)
+					if cli, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+						client(r, cli.(*net.TCPConn))
+						cli.Close()
 					}
-					tc.SetLinger(0)
-				case 1: // never reads
-					time.Sleep(time.Duration(r.IntN(30)) * time.Millisecond)
-				case 2: // garbage
-					cli.Write([]byte{0x81, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-				case 3: // a polite close
-					ws.WriteFrame(cli, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(1000, ""))))
 				}
-				cli.Close()
-			}
-		}()
+			}()
+		}
 	}
+	clients(50, func(_ *rand.Rand, cli *net.TCPConn) { // live: ping, expect the pong
+		for range 5 {
+			cli.Write(ping)
+			if err := awaitPong(cli, 3*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
+				stuck.Add(1)
+				return
+			} else if err != nil {
+				return // cut off (a slow consumer, say): not the poller's doing
+			}
+			answered.Add(1)
+		}
+	})
+	clients(50, func(r *rand.Rand, cli *net.TCPConn) { // churn
+		cli.SetReadBuffer(4096)
+		switch r.IntN(4) {
+		case 0: // a few pings, then a reset
+			for range 10 {
+				cli.Write(ping)
+			}
+			cli.SetLinger(0)
+		case 1: // never reads
+			time.Sleep(time.Duration(r.IntN(30)) * time.Millisecond)
+		case 2: // garbage
+			cli.Write([]byte{0x81, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+		case 3: // a polite close
+			ws.WriteFrame(cli, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(1000, ""))))
+		}
+	})
 	time.Sleep(4 * time.Second) // the churn's length
 	close(stop)
 	wg.Wait()
