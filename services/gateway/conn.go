@@ -58,8 +58,7 @@ type conn struct {
 	born     time.Time       // monotonic base for the times below kept as int64
 	ip       string          // the address admission counted it against
 	admitted atomic.Bool     // its admission is to be given back, once
-	polled   atomic.Bool     // the epoll poller reads it
-	pollID   uint64          // its id in the poller, once polled
+	pollID   uint64          // its id in the poller, once polled; guarded by the poller's mu
 
 	readMu sync.Mutex // held by the reader: the fields below are the reader's
 	rd     reader
@@ -182,8 +181,8 @@ func (c *conn) teardown() {
 		c.rd.ended = true
 		handle := c.handle
 		c.readMu.Unlock()
-		if c.polled.Load() {
-			g.poller.remove(c)
+		if g.poller != nil {
+			g.poller.remove(c) // if it ever had it
 		}
 		c.mu.Lock()
 		if c.linger != nil {
@@ -193,7 +192,7 @@ func (c *conn) teardown() {
 		c.closeBy = time.Now().Add(closeGrace)
 		c.nc.SetWriteDeadline(c.closeBy)
 		if !c.writing && !c.held && len(c.queue) > 0 {
-			c.startSlow(nil, 0) // the close frame, if nobody wrote it yet
+			c.startSlow() // the close frame, if nobody wrote it yet
 		}
 		code, reason := c.closeCode, c.closeReason
 		c.mu.Unlock()

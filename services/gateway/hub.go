@@ -117,15 +117,8 @@ func (h *hub) broadcast(f outFrame) int {
 	for _, s := range h.shards {
 		s.mu.Lock()
 		for _, c := range s.conns {
-			queued, mark, overflow := c.push(f)
-			if queued {
+			if s.pushLocked(c, f, &overflowed) {
 				n++
-			}
-			if mark {
-				s.dirty = append(s.dirty, c)
-			}
-			if overflow {
-				overflowed = append(overflowed, c)
 			}
 		}
 		s.mu.Unlock()
@@ -187,6 +180,20 @@ func (s *shard) markDirty(c *conn) {
 	s.poke()
 }
 
+// pushLocked queues f for c, one of s's connections, with s.mu held: a
+// connection that turns dirty joins s.dirty at once, and one that
+// overflowed joins overflowed, for slowConsumer once s.mu is released.
+func (s *shard) pushLocked(c *conn, f outFrame, overflowed *[]*conn) (queued bool) {
+	queued, mark, overflow := c.push(f)
+	if mark {
+		s.dirty = append(s.dirty, c)
+	}
+	if overflow {
+		*overflowed = append(*overflowed, c)
+	}
+	return queued
+}
+
 func (s *shard) poke() {
 	select {
 	case s.wake <- struct{}{}:
@@ -218,6 +225,14 @@ func (s *shard) run(stop <-chan struct{}) {
 			s.sweep()
 		case <-stop:
 			return
+		}
+		s.mu.Lock()
+		idle := len(s.dirty) == 0
+		s.mu.Unlock()
+		if idle {
+			// A sweep that pinged nobody, or a stale wake-up, is no write:
+			// it must not hold back the next message by an interval.
+			continue
 		}
 		if wait := s.interval - time.Since(last); wait > 0 {
 			timer.Reset(wait)
@@ -252,13 +267,7 @@ func (s *shard) sweep() {
 		case gone:
 			dead = append(dead, c)
 		case ping:
-			_, mark, overflow := c.push(outFrame{b: pingFrame})
-			if mark {
-				s.dirty = append(s.dirty, c)
-			}
-			if overflow {
-				overflowed = append(overflowed, c)
-			}
+			s.pushLocked(c, outFrame{b: pingFrame}, &overflowed)
 		}
 	}
 	s.mu.Unlock()

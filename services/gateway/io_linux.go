@@ -155,11 +155,9 @@ func (p *poller) add(c *conn) error {
 	}
 	c.pollID = uint64(p.gen)<<32 | uint64(slot)
 	p.slots[slot] = c
-	c.polled.Store(true)
 	if err := p.ctl(c, unix.EPOLL_CTL_ADD); err != nil {
 		p.slots[slot] = nil
 		p.free = append(p.free, slot)
-		c.polled.Store(false)
 		return err
 	}
 	return nil

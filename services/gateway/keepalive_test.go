@@ -110,3 +110,28 @@ func TestActiveClientIsNotPinged(t *testing.T) {
 		<-done
 	})
 }
+
+// The keepalive's sweeps are not writes: on a quiet gateway a frame goes
+// out at once, however often the shards sweep, not up to FlushInterval
+// after the last sweep.
+func TestSweepsDoNotDelayWrites(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := keepaliveConfig()
+		cfg.FlushInterval, cfg.PingInterval, cfg.PongTimeout = 500*time.Millisecond, time.Hour, 100*time.Millisecond // a sweep every 10ms
+		cli, done := pipeConn(t, cfg)
+		for i := range 3 {
+			time.Sleep(time.Second + time.Duration(i)*3*time.Millisecond) // quiet, and out of step with the sweeps
+			sent := time.Now()
+			writeFrame(t, cli, ws.NewTextFrame([]byte("__ping__")))
+			h, p, err := readFrame(t, cli)
+			if err != nil || string(p) != "__ping__" {
+				t.Fatalf("got %v %q %v, want the __ping__ answer", h.OpCode, p, err)
+			}
+			if d := time.Since(sent); d != 0 {
+				t.Fatalf("answer %d came %v after the frame on a quiet gateway", i, d)
+			}
+		}
+		cli.Close()
+		<-done
+	})
+}

@@ -54,10 +54,8 @@ func (c *conn) push(f outFrame) (queued, mark, overflow bool) {
 }
 
 // send queues a frame for this client alone.
-func (c *conn) send(frame []byte) bool { return c.enqueue(outFrame{b: frame}) }
-
-func (c *conn) enqueue(f outFrame) bool {
-	queued, mark, overflow := c.push(f)
+func (c *conn) send(frame []byte) bool {
+	queued, mark, overflow := c.push(outFrame{b: frame})
 	switch {
 	case mark:
 		c.sh.markDirty(c)
@@ -103,20 +101,19 @@ func (c *conn) sendClose(code int, text, reason string, drop bool) {
 	}
 	c.queue = append(c.queue, outFrame{b: frame})
 	if !c.held && !c.writing && !c.closed {
-		c.startSlow(nil, 0)
+		c.startSlow()
 	}
 	// If the peer does not answer, teardown: it gives a writer still busy
 	// with the close frame closeGrace more, then closes the socket.
 	c.linger = time.AfterFunc(closeGrace, func() { c.teardown() })
 }
 
-// startSlow hands the socket to a writer goroutine, which writes batch
-// (from byte written on) and then the queue, blocking as long as it must.
-// Called with mu held.
-func (c *conn) startSlow(batch []outFrame, written int) {
+// startSlow hands the socket to a writer goroutine, which writes the
+// queue, blocking as long as it must. Called with mu held.
+func (c *conn) startSlow() {
 	c.writing = true
 	c.writers.Add(1)
-	go c.slowFlush(batch, written)
+	go c.slowFlush(nil, 0)
 }
 
 // flushFromShard writes what is queued, in one writev that does not block.
@@ -129,14 +126,11 @@ func (c *conn) flushFromShard(s *scratch) {
 		return
 	}
 	batch := c.take()
+	total := c.inflightBytes
 	c.writing = true
 	c.writers.Add(1)
 	c.mu.Unlock()
 
-	total := 0
-	for _, f := range batch {
-		total += len(f.b)
-	}
 	n, err := c.tryWrite(batch, s)
 	switch {
 	case err == nil && n == total:

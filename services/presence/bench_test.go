@@ -26,7 +26,7 @@ func benchGateways(b testing.TB, gateways, perGateway int) (*State, []protocol.H
 				b.Errorf("gateway %s asked for a sync after the state was built", gw)
 			}
 		},
-		Lost:   func(gw string) { b.Errorf("gateway %s lost during the benchmark", gw) },
+		Lost: func(gw string) { b.Errorf("gateway %s lost during the benchmark", gw) },
 	})
 	s.endQuiet()
 	// A long interval keeps gateways from being lost while the state is
